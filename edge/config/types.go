@@ -1,0 +1,231 @@
+// Package config owns Gatehouse's configuration file: the YAML schema, decoding
+// with source positions, defaults, ${VAR} expansion and validation.
+//
+// Configuration is plain data with no behaviour. Load returns a *Config whose
+// every problem (unknown key, wrong type, bad value, dangling reference) has
+// been reported at once as "FILE:LINE:COL: message". A *Config is never
+// modified after Load returns and is safe for concurrent reads.
+package config
+
+import (
+	"net/netip"
+	"net/url"
+	"time"
+)
+
+// Config is a whole, validated configuration file.
+type Config struct {
+	// File is the path the configuration was read from ("" for in-memory).
+	File string `yaml:"-"`
+
+	Global    Global               `yaml:"global"`
+	Upstreams map[string]*Upstream `yaml:"upstreams"`
+	Sites     []*Site              `yaml:"sites"`
+	TCP       []*TCPProxy          `yaml:"tcp"`
+
+	// Warnings are non-fatal remarks (for example keys accepted by the schema
+	// whose feature is not built yet), each prefixed with FILE:LINE:COL.
+	Warnings []string `yaml:"-"`
+}
+
+// Global holds process-wide settings.
+type Global struct {
+	DataDir         string        `yaml:"data_dir"`         // default ./data
+	Email           string        `yaml:"email"`            // ACME account contact
+	HTTPPort        int           `yaml:"http_port"`        // default 80
+	HTTPSPort       int           `yaml:"https_port"`       // default 443
+	Listen          string        `yaml:"listen"`           // default 0.0.0.0
+	HTTP3           *bool         `yaml:"http3"`            // default true
+	Admin           string        `yaml:"admin"`            // default 127.0.0.1:2019
+	ShutdownTimeout Duration      `yaml:"shutdown_timeout"` // default 10s
+	TrustedProxies  []Prefix      `yaml:"trusted_proxies"`  // CIDRs or single IPs
+	Limits          ServerLimits  `yaml:"limits"`
+	ACME            ACME          `yaml:"acme"`
+	OnDemand        OnDemand      `yaml:"on_demand"`
+	Cache           CacheSettings `yaml:"cache"`
+	Storage         Storage       `yaml:"storage"`
+}
+
+// ServerLimits bound what one client connection may cost the server.
+type ServerLimits struct {
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"` // default 10s
+	ReadTimeout       Duration `yaml:"read_timeout"`        // default 0 (none: uploads stream)
+	WriteTimeout      Duration `yaml:"write_timeout"`       // default 0 (none: downloads stream)
+	IdleTimeout       Duration `yaml:"idle_timeout"`        // default 2m
+	MaxHeaderBytes    Size     `yaml:"max_header_bytes"`    // default 1MiB
+}
+
+// ACME configures the ACME issuer (used by the automatic-TLS work).
+type ACME struct {
+	CA         string   `yaml:"ca"`      // default Let's Encrypt production
+	CARoot     string   `yaml:"ca_root"` // PEM file to trust for the ACME server
+	Challenges []string `yaml:"challenges"`
+	Staging    bool     `yaml:"staging"`
+}
+
+// OnDemand configures on-demand TLS.
+type OnDemand struct {
+	Ask string `yaml:"ask"`
+}
+
+// CacheSettings are the response cache's global settings.
+type CacheSettings struct {
+	MaxSize Size `yaml:"max_size"` // default 256MiB
+}
+
+// Storage selects where certificates live; nil Etcd means files in DataDir.
+type Storage struct {
+	Etcd *EtcdStorage `yaml:"etcd"`
+}
+
+// EtcdStorage is the etcd certificate store.
+type EtcdStorage struct {
+	Endpoints   []string `yaml:"endpoints"`
+	Prefix      string   `yaml:"prefix"`
+	DialTimeout Duration `yaml:"dial_timeout"`
+}
+
+// Upstream is a named pool of backends.
+type Upstream struct {
+	Name        string       `yaml:"-"` // the key under upstreams:
+	Backends    []*Backend   `yaml:"backends"`
+	Balance     string       `yaml:"balance"` // default round_robin
+	HealthCheck *HealthCheck `yaml:"health_check"`
+	Timeouts    Timeouts     `yaml:"timeouts"`
+	TLS         UpstreamTLS  `yaml:"tls"`
+	// HostHeader, when set, replaces the client's Host on requests to this
+	// upstream. Empty keeps the client's Host.
+	HostHeader string `yaml:"host_header"`
+}
+
+// Backend is one server of an upstream.
+type Backend struct {
+	URL    *url.URL `yaml:"url"`    // scheme http, https or h2c; no path, query or fragment
+	Weight int      `yaml:"weight"` // default 1
+}
+
+// HealthCheck configures active health checks (built by the upstream-pools work).
+type HealthCheck struct {
+	Path         string   `yaml:"path"`
+	Interval     Duration `yaml:"interval"`
+	Timeout      Duration `yaml:"timeout"`
+	ExpectStatus int      `yaml:"expect_status"`
+	Rise         int      `yaml:"rise"`
+	Fall         int      `yaml:"fall"`
+}
+
+// Timeouts towards an upstream.
+type Timeouts struct {
+	Dial           Duration `yaml:"dial"`            // default 3s
+	ResponseHeader Duration `yaml:"response_header"` // default 30s
+	Idle           Duration `yaml:"idle"`            // default 90s: idle keep-alive conns closed after
+}
+
+// UpstreamTLS configures TLS towards https backends.
+type UpstreamTLS struct {
+	CA                 string `yaml:"ca"`          // PEM file of roots to trust; default system roots
+	ServerName         string `yaml:"server_name"` // SNI and verification name; default backend host
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Site is a set of hosts sharing TLS settings and routes.
+type Site struct {
+	Hosts   []string    `yaml:"hosts"` // lower-cased, without port
+	TLS     TLS         `yaml:"tls"`
+	Cache   bool        `yaml:"cache"`
+	Encode  []string    `yaml:"encode"`
+	Headers SiteHeaders `yaml:"headers"`
+	Routes  []*Route    `yaml:"routes"`
+}
+
+// TLSMode says how a site gets its certificate.
+type TLSMode string
+
+// TLS modes.
+const (
+	TLSAuto     TLSMode = "auto"
+	TLSInternal TLSMode = "internal"
+	TLSOnDemand TLSMode = "on_demand"
+	TLSOff      TLSMode = "off"
+	TLSManual   TLSMode = "manual" // written as {cert: FILE, key: FILE}
+)
+
+// TLS is a site's `tls:` value: a mode string or {cert, key}.
+type TLS struct {
+	Mode TLSMode
+	Cert string // TLSManual only
+	Key  string // TLSManual only
+}
+
+// SiteHeaders configures the security-headers stage.
+type SiteHeaders struct {
+	HSTS *HSTS `yaml:"hsts"`
+}
+
+// HSTS is the Strict-Transport-Security policy.
+type HSTS struct {
+	MaxAge            Duration `yaml:"max_age"`
+	IncludeSubdomains bool     `yaml:"include_subdomains"`
+	Preload           bool     `yaml:"preload"`
+}
+
+// Route maps a path prefix to exactly one action: Upstream, Respond,
+// Redirect or Static.
+type Route struct {
+	Path        string       `yaml:"path"` // default "/"; always starts with "/"
+	StripPrefix bool         `yaml:"strip_prefix"`
+	Upstream    *UpstreamRef `yaml:"upstream"`
+	Respond     *Respond     `yaml:"respond"`
+	Redirect    *Redirect    `yaml:"redirect"`
+	Static      *Static      `yaml:"static"`
+}
+
+// UpstreamRef is a route's `upstream:` value: a pool name, or an inline list
+// of backend URLs. After Load, Pool always points at the pool (for an inline
+// list, an anonymous pool named "route:<site host><path>").
+type UpstreamRef struct {
+	Name string
+	URLs []*url.URL
+	Pool *Upstream `yaml:"-"`
+}
+
+// Respond answers with a fixed response.
+type Respond struct {
+	Status  int               `yaml:"status"` // default 200
+	Body    string            `yaml:"body"`
+	Headers map[string]string `yaml:"headers"`
+}
+
+// Redirect answers with a redirect to To (the request's query is not added).
+type Redirect struct {
+	To     string `yaml:"to"`
+	Status int    `yaml:"status"` // default 308; one of 301, 302, 303, 307, 308
+}
+
+// Static serves files (built by the small-sites work).
+type Static struct {
+	Root   string   `yaml:"root"`
+	Index  []string `yaml:"index"`
+	Browse bool     `yaml:"browse"`
+	SPA    bool     `yaml:"spa"`
+}
+
+// TCPProxy is an L4 listener (built by the protocol-breadth work).
+type TCPProxy struct {
+	Listen   string `yaml:"listen"`
+	Upstream string `yaml:"upstream"`
+}
+
+// Duration is a time.Duration written as a Go duration with an extra "d"
+// (24h) unit: "90s", "5m", "365d", "1d12h".
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Size is a byte count written as a plain integer or with a unit:
+// B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+type Size int64
+
+// Prefix is an IP network; a bare address means a single host (/32 or /128).
+type Prefix = netip.Prefix
