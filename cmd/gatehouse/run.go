@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/gatehouse-proxy/gatehouse/configs"
+	"github.com/gatehouse-proxy/gatehouse/edge"
+	"github.com/gatehouse-proxy/gatehouse/edge/config"
+)
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs := flagSet("run", "[--config FILE] [--log-level LEVEL]\n\nWithout --config (or $"+configEnv+") it serves the embedded configs/quickstart.yaml.", stderr)
+	path := configFlag(fs)
+	level := logLevelFlag(fs)
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	log, err := newLogger(*level, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "gatehouse run:", err)
+		return exitUsage
+	}
+	if *path == "" {
+		log.Info("no --config given: serving the embedded quickstart", "file", configs.QuickstartName)
+		cfg, err := config.Parse(configs.QuickstartName, configs.Quickstart)
+		if err != nil {
+			logConfigError(log, err)
+			return exitFail
+		}
+		return serve(cfg, nil, log)
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		logConfigError(log, err)
+		return exitFail
+	}
+	reload := func() (*config.Config, error) { return config.Load(*path) }
+	return serve(cfg, reload, log)
+}
+
+// serve runs the gateway until SIGINT/SIGTERM. SIGHUP calls reload and swaps
+// in the new config; a bad one is logged and the old one keeps serving.
+// reload may be nil (nothing to reload from).
+func serve(cfg *config.Config, reload func() (*config.Config, error), log *slog.Logger) int {
+	for _, w := range cfg.Warnings {
+		log.Warn("config warning", "warning", w)
+	}
+	srv, err := edge.New(cfg, log)
+	if err != nil {
+		logConfigError(log, err)
+		return exitFail
+	}
+	if err := srv.Listen(); err != nil {
+		log.Error("cannot start", "error", err.Error())
+		srv.Runtime().Close()
+		return exitFail
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if reload != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					log.Info("reloading config (SIGHUP)")
+					next, err := reload()
+					if err == nil {
+						err = srv.Reload(next)
+					}
+					if err != nil {
+						logConfigError(log, err)
+						log.Error("reload failed; the previous config keeps serving")
+					}
+				}
+			}
+		}()
+	}
+	if err := srv.Serve(ctx); err != nil {
+		log.Error("serving failed", "error", err.Error())
+		return exitFail
+	}
+	return exitOK
+}
+
+// logConfigError logs each FILE:LINE:COL problem as its own line.
+func logConfigError(log *slog.Logger, err error) {
+	var errs config.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			log.Error("config error", "error", e.Error())
+		}
+		log.Error("invalid config; nothing started", "problems", len(errs))
+		return
+	}
+	log.Error("invalid config; nothing started", "error", err.Error())
+}

@@ -1,0 +1,233 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Default values (see the field comments in types.go).
+const (
+	DefaultDataDir        = "./data"
+	DefaultHTTPPort       = 80
+	DefaultHTTPSPort      = 443
+	DefaultListen         = "0.0.0.0"
+	DefaultAdmin          = "127.0.0.1:2019"
+	DefaultACMECA         = "https://acme-v02.api.letsencrypt.org/directory"
+	DefaultACMEStagingCA  = "https://acme-staging-v02.api.letsencrypt.org/directory"
+	DefaultEtcdPrefix     = "/gatehouse"
+	DefaultBalance        = "round_robin"
+	DefaultCacheMaxSize   = 256 << 20
+	DefaultMaxHeaderBytes = 1 << 20
+)
+
+// Load reads and validates the file at path. A file that cannot be read
+// gives a wrapped error ("reading config: ..."); a bad file gives Errors.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(path, data)
+	if err != nil {
+		return nil, err
+	}
+	cfg.File = path
+	return cfg, nil
+}
+
+// Parse decodes, expands (${VAR} from the environment), defaults and
+// validates YAML bytes; name is used as FILE in error positions. Every
+// problem is returned at once as Errors, sorted by position.
+func Parse(name string, data []byte) (*Config, error) {
+	return parse(name, data, os.LookupEnv)
+}
+
+func parse(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	d := &decoder{
+		problems: problems{file: name},
+		lookup:   lookup,
+		at:       map[any]position{},
+		keyAt:    map[any]position{},
+		bad:      map[any]bool{},
+	}
+	root := d.readYAML(data)
+	if root == nil {
+		return nil, d.sorted()
+	}
+	cfg := &Config{}
+	d.at[cfg] = posOf(root)
+	d.decodeStruct(root, reflect.ValueOf(cfg).Elem(), 0)
+	for name, u := range cfg.Upstreams {
+		u.Name = name
+	}
+	d.applyDefaults(cfg)
+	d.validate(cfg)
+	if len(d.list) > 0 {
+		return nil, d.sorted()
+	}
+	cfg.Warnings = d.warnings(cfg)
+	cfg.pos = d.unsupportedPositions(cfg)
+	return cfg, nil
+}
+
+var yamlLineErr = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
+
+// readYAML parses data into the top-level mapping node, or reports why it
+// cannot and returns nil.
+func (d *decoder) readYAML(data []byte) *yaml.Node {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	err := dec.Decode(&doc)
+	if errors.Is(err, io.EOF) {
+		d.add(position{1, 1}, "config is empty")
+		return nil
+	}
+	if err != nil {
+		d.yamlError(err)
+		return nil
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case err == nil:
+		d.add(posOf(&extra), "only one YAML document is allowed")
+	case !errors.Is(err, io.EOF):
+		d.yamlError(err)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	for root.Kind == yaml.AliasNode {
+		root = root.Alias
+	}
+	switch {
+	case root.Kind == yaml.DocumentNode || isNull(root):
+		d.add(position{1, 1}, "config is empty")
+		return nil
+	case root.Kind != yaml.MappingNode:
+		d.errorf(root, "the top level must be a mapping (global:, upstreams:, sites:, tcp:), got %s", describe(root))
+		return nil
+	}
+	return root
+}
+
+// yamlError converts a yaml.v3 syntax error ("yaml: line N: msg").
+func (d *decoder) yamlError(err error) {
+	msg := err.Error()
+	if m := yamlLineErr.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		d.add(position{line, 1}, "%s", m[2])
+		return
+	}
+	d.add(position{1, 1}, "%s", strings.TrimPrefix(msg, "yaml: "))
+}
+
+func durationDefault(d *decoder, v *Duration, def time.Duration) {
+	if !d.has(v) {
+		*v = Duration(def)
+	}
+}
+
+func intDefault(d *decoder, v *int, def int) {
+	if !d.has(v) {
+		*v = def
+	}
+}
+
+// applyDefaults fills in every value not written in the file. A value
+// written explicitly (even 0) is kept for validation to judge.
+func (d *decoder) applyDefaults(cfg *Config) {
+	g := &cfg.Global
+	if g.DataDir == "" {
+		g.DataDir = DefaultDataDir
+	}
+	intDefault(d, &g.HTTPPort, DefaultHTTPPort)
+	intDefault(d, &g.HTTPSPort, DefaultHTTPSPort)
+	if g.Listen == "" {
+		g.Listen = DefaultListen
+	}
+	if g.HTTP3 == nil {
+		on := true
+		g.HTTP3 = &on
+	}
+	if !d.has(&g.Admin) {
+		g.Admin = DefaultAdmin
+	} else if g.Admin == "off" {
+		g.Admin = ""
+	}
+	durationDefault(d, &g.ShutdownTimeout, 10*time.Second)
+	durationDefault(d, &g.Limits.ReadHeaderTimeout, 10*time.Second)
+	durationDefault(d, &g.Limits.IdleTimeout, 2*time.Minute)
+	if !d.has(&g.Limits.MaxHeaderBytes) {
+		g.Limits.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if g.ACME.CA == "" {
+		g.ACME.CA = DefaultACMECA
+		if g.ACME.Staging {
+			g.ACME.CA = DefaultACMEStagingCA
+		}
+	}
+	if !d.has(&g.ACME.Challenges) {
+		g.ACME.Challenges = []string{"http-01", "tls-alpn-01"}
+	}
+	if !d.has(&g.Cache.MaxSize) {
+		g.Cache.MaxSize = DefaultCacheMaxSize
+	}
+	if e := g.Storage.Etcd; e != nil {
+		if e.Prefix == "" {
+			e.Prefix = DefaultEtcdPrefix
+		}
+		durationDefault(d, &e.DialTimeout, 5*time.Second)
+	}
+	for _, u := range cfg.Upstreams {
+		d.upstreamDefaults(u)
+	}
+	for _, s := range cfg.Sites {
+		if s.TLS.Mode == "" {
+			s.TLS.Mode = TLSAuto
+		}
+		for _, r := range s.Routes {
+			if !d.has(&r.Path) {
+				r.Path = "/"
+			}
+			if r.Respond != nil {
+				intDefault(d, &r.Respond.Status, 200)
+			}
+			if r.Redirect != nil {
+				intDefault(d, &r.Redirect.Status, 308)
+			}
+		}
+	}
+}
+
+func (d *decoder) upstreamDefaults(u *Upstream) {
+	if u.Balance == "" {
+		u.Balance = DefaultBalance
+	}
+	for _, b := range u.Backends {
+		intDefault(d, &b.Weight, 1)
+	}
+	durationDefault(d, &u.Timeouts.Dial, 3*time.Second)
+	durationDefault(d, &u.Timeouts.ResponseHeader, 30*time.Second)
+	durationDefault(d, &u.Timeouts.Idle, 90*time.Second)
+	if h := u.HealthCheck; h != nil {
+		if h.Path == "" {
+			h.Path = "/"
+		}
+		durationDefault(d, &h.Interval, 5*time.Second)
+		durationDefault(d, &h.Timeout, 2*time.Second)
+		intDefault(d, &h.ExpectStatus, 200)
+		intDefault(d, &h.Rise, 2)
+		intDefault(d, &h.Fall, 3)
+	}
+}

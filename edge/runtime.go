@@ -1,0 +1,105 @@
+// Package edge owns Gatehouse's listeners, the fixed middleware stack, the
+// live Runtime (router table + upstream pools) and its atomic replacement on
+// reload, and graceful shutdown.
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/gatehouse-proxy/gatehouse/edge/config"
+	"github.com/gatehouse-proxy/gatehouse/edge/middleware"
+	"github.com/gatehouse-proxy/gatehouse/router"
+	"github.com/gatehouse-proxy/gatehouse/upstream"
+)
+
+// Runtime is everything built from one validated config: the router table,
+// the upstream pools and the handler stack. It is immutable once built; a
+// reload builds a new Runtime and swaps it in whole.
+type Runtime struct {
+	Config  *config.Config
+	table   *router.Table
+	pools   map[string]*upstream.Pool
+	handler http.Handler
+}
+
+// ErrUnsupported wraps configs that ask for features this build lacks.
+var ErrUnsupported = errors.New("unsupported configuration")
+
+// NewRuntime builds a Runtime from cfg. It fails on features this build
+// cannot serve (cfg.Unsupported) and on pool or route construction errors.
+func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
+	if errs := cfg.Unsupported(); len(errs) > 0 {
+		return nil, fmt.Errorf("%w:\n%w", ErrUnsupported, errs)
+	}
+	rt := &Runtime{Config: cfg, pools: make(map[string]*upstream.Pool, len(cfg.Upstreams))}
+	for name, u := range cfg.Upstreams {
+		p, err := upstream.NewPool(u)
+		if err != nil {
+			rt.Close()
+			return nil, fmt.Errorf("building upstream %q: %w", name, err)
+		}
+		rt.pools[name] = p
+	}
+	trusted := upstream.NewTrustedProxies(cfg.Global.TrustedProxies)
+	table, err := router.New(cfg, func(site *config.Site, route *config.Route) (http.Handler, error) {
+		pool := rt.pools[route.Upstream.Pool.Name]
+		if pool == nil {
+			return nil, fmt.Errorf("route %s: upstream %q not built", route.Path, route.Upstream.Pool.Name)
+		}
+		return upstream.NewProxy(pool, upstream.Options{Trusted: trusted, Logger: log}), nil
+	})
+	if err != nil {
+		rt.Close()
+		return nil, fmt.Errorf("building routes: %w", err)
+	}
+	rt.table = table
+	rt.handler = stack(rt.routeHandler(), log, trusted)
+	return rt, nil
+}
+
+// stack is the fixed middleware order. It is code, not configuration:
+// recover → request id → access log → (rate limit/auth, filter, security
+// headers, cache, compression: later work) → router.
+func stack(h http.Handler, log *slog.Logger, trusted *upstream.TrustedProxies) http.Handler {
+	clientIP := func(r *http.Request) string {
+		if ip := trusted.ClientIP(r); ip.IsValid() {
+			return ip.String()
+		}
+		return ""
+	}
+	return middleware.Chain(h,
+		middleware.Recover(log),
+		middleware.RequestID(),
+		middleware.AccessLog(log, clientIP),
+	)
+}
+
+// routeHandler matches the request and runs its route's action.
+func (rt *Runtime) routeHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		route, status := rt.table.Lookup(r)
+		if route == nil {
+			router.Error(w, status)
+			return
+		}
+		info := middleware.InfoFrom(r.Context())
+		info.Route, info.Upstream = route.Name, route.Upstream
+		route.ServeHTTP(w, r)
+	})
+}
+
+// ServeHTTP runs the request through the fixed stack.
+func (rt *Runtime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt.handler.ServeHTTP(w, r)
+}
+
+// Close releases the pools' idle connections. In-flight requests keep
+// working; it is called when the Runtime is replaced or the server stops.
+func (rt *Runtime) Close() {
+	for _, p := range rt.pools {
+		p.Close()
+	}
+}

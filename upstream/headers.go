@@ -1,0 +1,162 @@
+package upstream
+
+import (
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+)
+
+// hopHeaders are the hop-by-hop fields of RFC 9110 §7.6.1 plus the legacy
+// ones of RFC 2616 §13.5.1 that proxies still meet (Keep-Alive,
+// Proxy-Connection). Keys are canonical.
+var hopHeaders = []string{
+	"Connection",
+	"Proxy-Connection",
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+}
+
+// viaPseudonym names Gatehouse in Via (RFC 9110 §7.6.3).
+const viaPseudonym = "gatehouse"
+
+// RemoveHopHeaders deletes from h the hop-by-hop header fields: Connection and
+// every field it names (comma-separated, case-insensitive, across all
+// Connection lines), Keep-Alive, Proxy-Connection, TE, Transfer-Encoding,
+// Upgrade, Proxy-Authorization, Proxy-Authenticate and Trailer. It is used on
+// responses as is; requests use RemoveRequestHopHeaders.
+//
+// RemoveHopHeaders modifies h in place; it is safe for concurrent use on
+// distinct headers.
+func RemoveHopHeaders(h http.Header) {
+	for _, line := range h["Connection"] {
+		for line != "" {
+			var tok string
+			tok, line, _ = strings.Cut(line, ",")
+			if tok = textproto.TrimString(tok); tok != "" {
+				h.Del(tok)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// RemoveRequestHopHeaders is RemoveHopHeaders for a request that is about to
+// be forwarded: when the client's TE listed "trailers", the forwarded request
+// keeps "TE: trailers" (telling the backend that trailers will be relayed);
+// any other TE value is dropped.
+func RemoveRequestHopHeaders(h http.Header) {
+	trailers := headerHasToken(h["Te"], "trailers")
+	RemoveHopHeaders(h)
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
+}
+
+// headerHasToken reports whether any of the comma-separated lists in values
+// holds token (ASCII case-insensitive, parameters after ';' ignored).
+func headerHasToken(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			tok, _, _ = strings.Cut(tok, ";")
+			if strings.EqualFold(textproto.TrimString(tok), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// upgradeType returns the protocol a request or response asks to switch to
+// ("websocket"), or "" when Connection does not list "upgrade".
+func upgradeType(h http.Header) string {
+	if !headerHasToken(h["Connection"], "upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
+
+// setForwardingHeaders sets X-Forwarded-For, X-Forwarded-Proto,
+// X-Forwarded-Host, X-Real-IP and Via on out (the request to the backend)
+// from in (the request received) following the trust rules of t:
+//
+//   - X-Forwarded-For: a trusted peer's chain with the peer appended; from
+//     an untrusted peer, just the peer (whatever it sent is discarded).
+//   - X-Forwarded-Proto and X-Forwarded-Host: a trusted peer's values are
+//     kept; otherwise "https"/"http" from in.TLS, and in.Host.
+//   - X-Real-IP: t.ClientIP(in), always overwriting what the client sent.
+//   - Via: "<received version> gatehouse" appended to any Via received.
+//
+// A peer address that does not parse (a Unix socket) is never trusted and
+// yields no X-Forwarded-For or X-Real-IP.
+func setForwardingHeaders(out, in *http.Request, t *TrustedProxies) {
+	h := out.Header
+	peer := parseHostPort(in.RemoteAddr)
+	trusted := peer.IsValid() && t.Contains(peer)
+
+	if !peer.IsValid() {
+		delete(h, "X-Forwarded-For")
+	} else {
+		chain := peer.String()
+		if prior := in.Header["X-Forwarded-For"]; trusted && len(prior) > 0 {
+			chain = strings.Join(prior, ", ") + ", " + chain
+		}
+		h["X-Forwarded-For"] = []string{chain}
+	}
+
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	host := in.Host
+	if trusted {
+		if v := in.Header.Get("X-Forwarded-Proto"); v != "" {
+			proto = v
+		}
+		if v := in.Header.Get("X-Forwarded-Host"); v != "" {
+			host = v
+		}
+	}
+	h["X-Forwarded-Proto"] = []string{proto}
+	if host != "" {
+		h["X-Forwarded-Host"] = []string{host}
+	} else {
+		delete(h, "X-Forwarded-Host")
+	}
+
+	if ip := t.clientIP(in, peer); ip.IsValid() {
+		h["X-Real-Ip"] = []string{ip.String()}
+	} else {
+		delete(h, "X-Real-Ip")
+	}
+
+	via := viaEntry(in.ProtoMajor, in.ProtoMinor)
+	if prior := h["Via"]; len(prior) > 0 {
+		via = strings.Join(prior, ", ") + ", " + via
+	}
+	h["Via"] = []string{via}
+}
+
+// viaEntry is our Via entry for a request received with the given version.
+func viaEntry(major, minor int) string {
+	switch {
+	case major == 1 && minor == 1:
+		return "1.1 " + viaPseudonym
+	case major == 1 && minor == 0:
+		return "1.0 " + viaPseudonym
+	case major == 2:
+		return "2.0 " + viaPseudonym
+	case major == 3:
+		return "3.0 " + viaPseudonym
+	}
+	return strconv.Itoa(major) + "." + strconv.Itoa(minor) + " " + viaPseudonym
+}
