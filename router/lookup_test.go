@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -128,7 +129,7 @@ func TestTableServeHTTPErrors(t *testing.T) {
 			w := httptest.NewRecorder()
 			tbl.ServeHTTP(w, r)
 			wantBody := http.StatusText(tt.status)
-			if w.Code != tt.status || w.Body.String() != itoa(tt.status)+" "+wantBody+"\n" {
+			if w.Code != tt.status || w.Body.String() != strconv.Itoa(tt.status)+" "+wantBody+"\n" {
 				t.Errorf("got %d %q", w.Code, w.Body.String())
 			}
 			if ct := w.Header().Get("Content-Type"); ct != "text/plain; charset=utf-8" {
@@ -140,8 +141,6 @@ func TestTableServeHTTPErrors(t *testing.T) {
 		})
 	}
 }
-
-func itoa(n int) string { return string(rune('0'+n/100)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10)) }
 
 // TestConcurrentUse exercises one Table from many goroutines (run with -race).
 func TestConcurrentUse(t *testing.T) {

@@ -45,6 +45,12 @@ type Table struct {
 type site struct {
 	cfg    *config.Site
 	routes []*Route // by len(base) descending; ties keep configuration order
+
+	// bySegment holds the routes other than "/" grouped by the first segment
+	// of their prefix ("api" for "/api/v1"), each group ordered as routes;
+	// only those can match a path with that first segment.
+	bySegment map[string][]*Route
+	root      *Route // the first "/" route, or nil
 }
 
 // Route is one compiled config.Route. It is an http.Handler (see ServeHTTP).
@@ -91,26 +97,23 @@ func New(cfg *config.Config, proxy ProxyFunc) (*Table, error) {
 			errs = append(errs, fmt.Errorf("site %s: no hosts", name))
 		}
 		for _, h := range cs.Hosts {
-			key := normHost(h)
+			key, kind, ok := hostKey(h)
+			if !ok {
+				errs = append(errs, fmt.Errorf("site %s: bad host %q", name, h))
+				continue
+			}
 			if prev, dup := owner[key]; dup {
 				errs = append(errs, fmt.Errorf("site %s: host %q is already used by site %s", name, h, prev))
 				continue
 			}
 			owner[key] = name
-			switch {
-			case key == "*":
-				t.fallback = s
-			case strings.HasPrefix(key, "*."):
-				suffix := key[2:]
-				if suffix == "" || strings.Contains(suffix, "*") {
-					errs = append(errs, fmt.Errorf("site %s: bad wildcard host %q", name, h))
-					continue
-				}
-				t.wildcard[suffix] = s
-			case key == "" || strings.Contains(key, "*"):
-				errs = append(errs, fmt.Errorf("site %s: bad host %q", name, h))
-			default:
+			switch kind {
+			case hostExact:
 				t.exact[key] = s
+			case hostWildcard:
+				t.wildcard[strings.TrimPrefix(key, "*.")] = s
+			default:
+				t.fallback = s
 			}
 		}
 		t.sites = append(t.sites, s)
@@ -119,6 +122,32 @@ func New(cfg *config.Config, proxy ProxyFunc) (*Table, error) {
 		return nil, errors.Join(errs...)
 	}
 	return t, nil
+}
+
+// Kinds of configured host.
+const (
+	hostExact    = iota // "example.com"
+	hostWildcard        // "*.example.com": one extra label
+	hostAny             // "*"
+)
+
+// hostKey normalises a configured host and says which kind it is.
+func hostKey(h string) (key string, kind int, ok bool) {
+	switch {
+	case h == "*":
+		return h, hostAny, true
+	case strings.HasPrefix(h, "*."):
+		suffix := normHost(h[2:])
+		if suffix == "" || suffix == "." || strings.ContainsAny(suffix, "*:[]") || suffix[0] == '.' {
+			return "", 0, false
+		}
+		return "*." + suffix, hostWildcard, true
+	}
+	key = normHost(h)
+	if key == "" || key == "." || strings.ContainsAny(key, "*[]/ ") {
+		return "", 0, false
+	}
+	return key, hostExact, true
 }
 
 func siteName(cs *config.Site, i int) string {
@@ -150,6 +179,17 @@ func compileSite(cs *config.Site, name string, proxy ProxyFunc) (*site, error) {
 	slices.SortStableFunc(s.routes, func(a, b *Route) int {
 		return cmp.Compare(len(b.base), len(a.base))
 	})
+	s.bySegment = make(map[string][]*Route)
+	for _, rt := range s.routes {
+		if rt.base == "" {
+			if s.root == nil {
+				s.root = rt
+			}
+			continue
+		}
+		seg := firstSegment(rt.base)
+		s.bySegment[seg] = append(s.bySegment[seg], rt)
+	}
 	return s, errors.Join(errs...)
 }
 
@@ -277,10 +317,25 @@ func (rt *Route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // match returns the first route (longest prefix) whose prefix matches path on
 // a segment boundary, or nil.
 func (s *site) match(path string) *Route {
-	for _, rt := range s.routes {
+	for _, rt := range s.bySegment[firstSegment(path)] {
 		if hasSegmentPrefix(path, rt.base) {
 			return rt
 		}
 	}
+	if s.root != nil && (path == "" || path[0] == '/') {
+		return s.root
+	}
 	return nil
+}
+
+// firstSegment returns "a" for "/a/b", "/a/" and "/a", and "" for "/" and "".
+func firstSegment(p string) string {
+	if p == "" {
+		return ""
+	}
+	p = p[1:]
+	if i := strings.IndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return p
 }
