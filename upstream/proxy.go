@@ -1,0 +1,159 @@
+package upstream
+
+import (
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+)
+
+// Options configures NewProxy. The zero value is usable.
+type Options struct {
+	// Trusted are the peers allowed to set X-Forwarded-For, X-Forwarded-Proto,
+	// X-Forwarded-Host (and so X-Real-IP). nil: trust nobody.
+	Trusted *TrustedProxies
+	// Logger receives forwarding failures (warn; client gone: info).
+	// nil: slog.Default() at the time NewProxy is called.
+	Logger *slog.Logger
+	// The Host sent to backends comes from the pool's configuration
+	// (config.Upstream.HostHeader); "" keeps the client's Host.
+}
+
+// proxy is the handler returned by NewProxy.
+type proxy struct {
+	pool    *Pool
+	trusted *TrustedProxies
+	log     *slog.Logger
+	rp      *httputil.ReverseProxy
+
+	// upgrade is the seam for protocol upgrades (WebSocket). When non-nil it
+	// serves every request that asks to switch protocols (Connection: upgrade
+	// plus Upgrade). While it is nil, such requests are forwarded as plain
+	// requests with Upgrade and Connection removed, and a backend answering
+	// 101 anyway gets the client a 502.
+	upgrade func(w http.ResponseWriter, r *http.Request)
+}
+
+// NewProxy returns the http.Handler that forwards requests to pool: it picks
+// a backend (smooth weighted round-robin, failing over on dial errors),
+// cleans hop-by-hop headers both ways, sets X-Forwarded-For/-Proto/-Host,
+// X-Real-IP and Via, keeps the client's Host (unless the pool sets
+// host_header), the escaped path and the raw query, streams bodies without
+// buffering, flushes event streams and unknown-length responses at once,
+// relays trailers and 1xx responses, and maps failures to 502, 504 or 499
+// with a short plain-text body (details go to opts.Logger only). A failure
+// after the response header was sent aborts the client connection
+// (panic(http.ErrAbortHandler), which net/http recovers).
+//
+// pool must not be nil. The handler is safe for concurrent use; it never
+// modifies the incoming request.
+func NewProxy(pool *Pool, opts Options) http.Handler {
+	if pool == nil {
+		panic("upstream: NewProxy called with a nil pool")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &proxy{pool: pool, trusted: opts.Trusted, log: log}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:   p.rewrite,
+		Transport: &forwarder{pool: pool, log: log},
+		// 0 with ReverseProxy's special cases: text/event-stream and
+		// responses of unknown length (ContentLength -1) flush after every
+		// write; everything else is written through net/http's buffer.
+		FlushInterval:  0,
+		ErrorLog:       slog.NewLogLogger(log.With("pool", pool.Name).Handler(), slog.LevelWarn),
+		BufferPool:     bufferPool{},
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler:   p.handleError,
+	}
+	return p
+}
+
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.upgrade != nil && upgradeType(r.Header) != "" {
+		p.upgrade(w, r)
+		return
+	}
+	p.rp.ServeHTTP(w, r)
+}
+
+// rewrite turns the clone ReverseProxy made of the client's request into the
+// request for the backend. ReverseProxy has already removed hop-by-hop
+// headers and Forwarded/X-Forwarded-*, re-added "TE: trailers" if the client
+// sent it, and re-encoded an odd query; the forwarder fills in the
+// backend's scheme and host per attempt.
+func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	// Ours is the authoritative cleaning (ReverseProxy re-adds Connection and
+	// Upgrade for upgrade requests, which we do not handle yet).
+	RemoveRequestHopHeaders(out.Header)
+
+	u := out.URL
+	u.Scheme, u.Host, u.User, u.Fragment, u.RawFragment = "http", "", nil, "", ""
+	u.Path, u.RawPath = in.URL.Path, in.URL.RawPath // backend URLs have no path
+	u.RawQuery, u.ForceQuery = in.URL.RawQuery, in.URL.ForceQuery
+	if u.Path == "" && u.Opaque == "" {
+		u.Path = "/"
+	}
+
+	// Request trailers: the server fills in.Trailer once the body has been
+	// read to the end, which the transport does just before sending the
+	// trailer. ReverseProxy's clone of the map would stay empty.
+	out.Trailer = in.Trailer
+
+	if p.pool.hostHeader != "" {
+		out.Host = p.pool.hostHeader
+	} else {
+		out.Host = in.Host
+	}
+	setForwardingHeaders(out, in, p.trusted)
+}
+
+// modifyResponse cleans a backend response before it is copied to the
+// client: hop-by-hop headers and Alt-Svc (the backend's alternative services
+// are not ours) go; Server and everything else stay.
+func (p *proxy) modifyResponse(res *http.Response) error {
+	if res.StatusCode == http.StatusSwitchingProtocols && p.upgrade == nil {
+		return errUnexpectedUpgrade
+	}
+	RemoveHopHeaders(res.Header)
+	delete(res.Header, "Alt-Svc")
+	return nil
+}
+
+// handleError answers a request that could not be forwarded. ReverseProxy
+// calls it only before anything of the response was written.
+func (p *proxy) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	status := statusForError(r.Context(), err)
+	attrs := []slog.Attr{
+		slog.String("pool", p.pool.Name),
+		slog.String("backend", backendName(err)),
+		slog.Any("error", err),
+		slog.Int("status", status),
+	}
+	if status == StatusClientClosedRequest {
+		p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the backend answered", attrs...)
+	} else {
+		p.log.LogAttrs(r.Context(), slog.LevelWarn, "forwarding to backend failed", attrs...)
+	}
+	writeError(w, status)
+}
+
+// copyBufferSize is the size of the buffers that stream response bodies.
+const copyBufferSize = 32 << 10
+
+var copyBuffers = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
+
+// bufferPool is the httputil.BufferPool of 32 KiB copy buffers. It stores
+// array pointers, so neither Get nor Put allocates.
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte { return copyBuffers.Get().(*[copyBufferSize]byte)[:] }
+
+func (bufferPool) Put(b []byte) {
+	if cap(b) >= copyBufferSize {
+		copyBuffers.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+	}
+}
