@@ -27,9 +27,25 @@ type decoder struct {
 	// bad holds pointers whose node had the wrong shape, so that validation
 	// does not pile a second error ("site needs a host") on the first.
 	bad map[any]bool
+	// work counts nodes visited; aliases can make a small file expand to a
+	// huge tree ("billion laughs"), so decoding stops at maxWork.
+	work int
 }
 
-const maxDepth = 64
+const (
+	maxDepth = 64
+	maxWork  = 1 << 20
+)
+
+// tooMuch counts one unit of work and reports (once) when the document
+// expands beyond maxWork nodes.
+func (d *decoder) tooMuch(n *yaml.Node) bool {
+	d.work++
+	if d.work == maxWork {
+		d.errorf(n, "document too large (too many aliases?)")
+	}
+	return d.work >= maxWork
+}
 
 var (
 	durationType = reflect.TypeFor[Duration]()
@@ -133,8 +149,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, depth int) bool {
 		d.errorf(n, "document nested too deeply (alias loop?)")
 		return false
 	}
-	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
-		return d.decode(n.Content[0], v, depth+1)
+	if d.tooMuch(n) {
+		return false
 	}
 	if isNull(n) {
 		return true // absent: keep the zero value
@@ -143,6 +159,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, depth int) bool {
 	d.at[ptr] = posOf(n)
 	ok := d.decodeValue(n, v, depth)
 	if !ok {
+		// Forget the position, so that defaults apply and validation does
+		// not judge the zero value a second time.
+		delete(d.at, ptr)
 		d.bad[ptr] = true
 	}
 	return ok
@@ -238,6 +257,9 @@ func (d *decoder) pairs(n *yaml.Node, depth int) []pair {
 	seen := map[string]*yaml.Node{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
+		if d.tooMuch(k) {
+			return nil
+		}
 		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
 			merged = append(merged, d.mergePairs(val, depth+1)...)
 			continue
@@ -270,6 +292,9 @@ func (d *decoder) mergePairs(n *yaml.Node, depth int) []pair {
 	}
 	if depth >= maxDepth {
 		d.errorf(n, "document nested too deeply (alias loop?)")
+		return nil
+	}
+	if d.tooMuch(n) {
 		return nil
 	}
 	switch n.Kind {
@@ -328,12 +353,22 @@ func (d *decoder) decodeElem(n *yaml.Node, v reflect.Value, depth int) {
 		v.Set(elem)
 		return
 	}
+	if isNull(n) {
+		d.at[v.Addr().Interface()] = posOf(n) // for validation to point at
+	}
 	if isNull(n) && v.Type() == urlPtrType {
 		d.errorf(n, "expected a URL, got null")
 		d.bad[v.Addr().Interface()] = true
 		return
 	}
 	d.decode(n, v, depth+1)
+	if v.Kind() == reflect.Pointer && v.IsNil() && v.Type().Elem().Kind() == reflect.Struct && v.Type() != urlPtrType {
+		// Wrong shape (already reported): keep a placeholder that is
+		// marked bad, so that lists never hold nil and validation skips it.
+		elem := reflect.New(v.Type().Elem())
+		d.bad[elem.Interface()] = true
+		v.Set(elem)
+	}
 }
 
 func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, depth int) bool {
@@ -414,12 +449,17 @@ func (d *decoder) decodeRef(n *yaml.Node, r *UpstreamRef, depth int) bool {
 	return false
 }
 
-// closest returns the name within edit distance 2 (or a third of its
-// length) of key, or "".
+// closest returns the name nearest to key within edit distance 2 (or a
+// third of its length), or one that key begins or is the beginning of
+// ("health" for "health_check"), or "".
 func closest(key string, names []string) string {
 	best, bestD := "", max(2, len(key)/3)+1
 	for _, name := range names {
-		if dist := editDistance(key, name); dist < bestD {
+		dist := editDistance(key, name)
+		if short := min(len(key), len(name)); short >= 4 && key[:short] == name[:short] {
+			dist = min(dist, bestD-1)
+		}
+		if dist < bestD {
 			best, bestD = name, dist
 		}
 	}

@@ -60,8 +60,18 @@ func (p *problems) add(at position, format string, args ...any) {
 	p.list = append(p.list, Error{File: p.file, Line: at.Line, Col: at.Col, Msg: fmt.Sprintf(format, args...)})
 }
 
-// sorted returns the collected problems ordered by position.
+// sorted returns the collected problems ordered by position, without
+// repeats (a value reached through several aliases is judged each time).
 func (p *problems) sorted() Errors {
 	sortErrors(p.list)
-	return p.list
+	seen := make(map[Error]bool, len(p.list))
+	out := p.list[:0]
+	for _, e := range p.list {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+		}
+	}
+	p.list = out
+	return out
 }

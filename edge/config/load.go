@@ -17,17 +17,17 @@ import (
 
 // Default values (see the field comments in types.go).
 const (
-	DefaultDataDir        = "./data"
-	DefaultHTTPPort       = 80
-	DefaultHTTPSPort      = 443
-	DefaultListen         = "0.0.0.0"
-	DefaultAdmin          = "127.0.0.1:2019"
-	DefaultACMECA         = "https://acme-v02.api.letsencrypt.org/directory"
-	DefaultACMEStagingCA  = "https://acme-staging-v02.api.letsencrypt.org/directory"
-	DefaultEtcdPrefix     = "/gatehouse"
-	DefaultBalance        = "round_robin"
-	DefaultCacheMaxSize   = 256 << 20
-	DefaultMaxHeaderBytes = 1 << 20
+	defaultDataDir        = "./data"
+	defaultHTTPPort       = 80
+	defaultHTTPSPort      = 443
+	defaultListen         = "0.0.0.0"
+	defaultAdmin          = "127.0.0.1:2019"
+	defaultACMECA         = "https://acme-v02.api.letsencrypt.org/directory"
+	defaultACMEStagingCA  = "https://acme-staging-v02.api.letsencrypt.org/directory"
+	defaultEtcdPrefix     = "/gatehouse"
+	defaultBalance        = "round_robin"
+	defaultCacheMaxSize   = 256 << 20
+	defaultMaxHeaderBytes = 1 << 20
 )
 
 // Load reads and validates the file at path. A file that cannot be read
@@ -76,7 +76,7 @@ func parse(name string, data []byte, lookup func(string) (string, bool)) (*Confi
 		return nil, d.sorted()
 	}
 	cfg.Warnings = d.warnings(cfg)
-	cfg.pos = d.unsupportedPositions(cfg)
+	cfg.src = d.unsupportedPositions(cfg)
 	return cfg, nil
 }
 
@@ -149,19 +149,19 @@ func intDefault(d *decoder, v *int, def int) {
 func (d *decoder) applyDefaults(cfg *Config) {
 	g := &cfg.Global
 	if g.DataDir == "" {
-		g.DataDir = DefaultDataDir
+		g.DataDir = defaultDataDir
 	}
-	intDefault(d, &g.HTTPPort, DefaultHTTPPort)
-	intDefault(d, &g.HTTPSPort, DefaultHTTPSPort)
+	intDefault(d, &g.HTTPPort, defaultHTTPPort)
+	intDefault(d, &g.HTTPSPort, defaultHTTPSPort)
 	if g.Listen == "" {
-		g.Listen = DefaultListen
+		g.Listen = defaultListen
 	}
 	if g.HTTP3 == nil {
 		on := true
 		g.HTTP3 = &on
 	}
 	if !d.has(&g.Admin) {
-		g.Admin = DefaultAdmin
+		g.Admin = defaultAdmin
 	} else if g.Admin == "off" {
 		g.Admin = ""
 	}
@@ -169,23 +169,23 @@ func (d *decoder) applyDefaults(cfg *Config) {
 	durationDefault(d, &g.Limits.ReadHeaderTimeout, 10*time.Second)
 	durationDefault(d, &g.Limits.IdleTimeout, 2*time.Minute)
 	if !d.has(&g.Limits.MaxHeaderBytes) {
-		g.Limits.MaxHeaderBytes = DefaultMaxHeaderBytes
+		g.Limits.MaxHeaderBytes = defaultMaxHeaderBytes
 	}
 	if g.ACME.CA == "" {
-		g.ACME.CA = DefaultACMECA
+		g.ACME.CA = defaultACMECA
 		if g.ACME.Staging {
-			g.ACME.CA = DefaultACMEStagingCA
+			g.ACME.CA = defaultACMEStagingCA
 		}
 	}
 	if !d.has(&g.ACME.Challenges) {
 		g.ACME.Challenges = []string{"http-01", "tls-alpn-01"}
 	}
 	if !d.has(&g.Cache.MaxSize) {
-		g.Cache.MaxSize = DefaultCacheMaxSize
+		g.Cache.MaxSize = defaultCacheMaxSize
 	}
 	if e := g.Storage.Etcd; e != nil {
 		if e.Prefix == "" {
-			e.Prefix = DefaultEtcdPrefix
+			e.Prefix = defaultEtcdPrefix
 		}
 		durationDefault(d, &e.DialTimeout, 5*time.Second)
 	}
@@ -212,7 +212,7 @@ func (d *decoder) applyDefaults(cfg *Config) {
 
 func (d *decoder) upstreamDefaults(u *Upstream) {
 	if u.Balance == "" {
-		u.Balance = DefaultBalance
+		u.Balance = defaultBalance
 	}
 	for _, b := range u.Backends {
 		intDefault(d, &b.Weight, 1)

@@ -26,6 +26,11 @@ type Config struct {
 	// Warnings are non-fatal remarks (for example keys accepted by the schema
 	// whose feature is not built yet), each prefixed with FILE:LINE:COL.
 	Warnings []string `yaml:"-"`
+
+	// src holds the source positions Unsupported reports (see
+	// unsupported.go). Empty for a Config built by hand, whose problems are
+	// then reported at line 0.
+	src source
 }
 
 // Global holds process-wide settings.
@@ -36,7 +41,7 @@ type Global struct {
 	HTTPSPort       int           `yaml:"https_port"`       // default 443
 	Listen          string        `yaml:"listen"`           // default 0.0.0.0
 	HTTP3           *bool         `yaml:"http3"`            // default true
-	Admin           string        `yaml:"admin"`            // default 127.0.0.1:2019
+	Admin           string        `yaml:"admin"`            // default 127.0.0.1:2019; "" after Load means disabled (written "off" or "")
 	ShutdownTimeout Duration      `yaml:"shutdown_timeout"` // default 10s
 	TrustedProxies  []Prefix      `yaml:"trusted_proxies"`  // CIDRs or single IPs
 	Limits          ServerLimits  `yaml:"limits"`

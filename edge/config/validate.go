@@ -1,0 +1,458 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+var (
+	upstreamName = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	balances     = []string{"round_robin", "least_conn", "random_two", "ip_hash", "header_hash", "cookie", "first"}
+	challenges   = []string{"http-01", "tls-alpn-01"}
+	encodings    = []string{"zstd", "gzip", "br"}
+)
+
+// orList formats ["a", "b", "c"] as "a, b or c".
+func orList(items []string) string {
+	if len(items) < 2 {
+		return strings.Join(items, "")
+	}
+	return strings.Join(items[:len(items)-1], ", ") + " or " + items[len(items)-1]
+}
+
+// validate checks every rule that decoding cannot, resolves upstream
+// references (creating the pools of inline upstream lists) and normalizes
+// hosts.
+func (d *decoder) validate(cfg *Config) {
+	d.validateGlobal(cfg)
+	names := make([]string, 0, len(cfg.Upstreams))
+	for name := range cfg.Upstreams {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		d.validateUpstream(cfg.Upstreams[name])
+	}
+	if cfg.Upstreams == nil {
+		cfg.Upstreams = map[string]*Upstream{}
+	}
+	d.validateSites(cfg, names)
+	listens := map[string]position{}
+	for _, t := range cfg.TCP {
+		if d.failed(t) {
+			continue
+		}
+		at := d.pos(&t.Listen, t)
+		if t.Listen == "" {
+			d.add(d.pos(t), "tcp entry needs a listen address (host:port)")
+		} else if msg := checkHostPort(t.Listen); msg != "" {
+			d.add(at, "bad tcp listen %q: %s", t.Listen, msg)
+		} else if first, dup := listens[t.Listen]; dup {
+			d.add(at, "tcp listen %q already used at line %d", t.Listen, first.Line)
+		} else {
+			listens[t.Listen] = at
+		}
+		if t.Upstream == "" {
+			d.add(d.pos(t), "tcp entry needs an upstream")
+		} else if cfg.Upstreams[t.Upstream] == nil || !upstreamName.MatchString(t.Upstream) {
+			d.add(d.pos(&t.Upstream), "%s", unknownUpstream(t.Upstream, names))
+		}
+	}
+}
+
+func (d *decoder) checkPort(v *int, key string) {
+	if *v < 1 || *v > 65535 {
+		d.add(d.pos(v), "%s must be 1..65535, got %d", key, *v)
+	}
+}
+
+// checkHostPort returns why s is not a usable "host:port", or "".
+func checkHostPort(s string) string {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "want host:port"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "port must be 1..65535"
+	}
+	return ""
+}
+
+// checkHTTPURL returns why s is not an absolute http(s) URL, or "".
+func checkHTTPURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "want an absolute http:// or https:// URL"
+	}
+	return ""
+}
+
+func (d *decoder) validateGlobal(cfg *Config) {
+	g := &cfg.Global
+	d.checkPort(&g.HTTPPort, "http_port")
+	d.checkPort(&g.HTTPSPort, "https_port")
+	if a, err := netip.ParseAddr(g.Listen); err != nil || a.Zone() != "" {
+		d.add(d.pos(&g.Listen), "listen must be an IP address such as 0.0.0.0 or 127.0.0.1, got %q", g.Listen)
+	}
+	if g.Admin != "" {
+		if msg := checkHostPort(g.Admin); msg != "" {
+			d.add(d.pos(&g.Admin), "bad admin address %q: %s, or \"off\"", g.Admin, msg)
+		}
+	}
+	if g.Email != "" && (!strings.Contains(g.Email, "@") || strings.ContainsAny(g.Email, " \t\r\n")) {
+		d.add(d.pos(&g.Email), "bad email %q", g.Email)
+	}
+	if msg := checkHTTPURL(g.ACME.CA); msg != "" {
+		d.add(d.pos(&g.ACME.CA), "bad acme ca %q: %s", g.ACME.CA, msg)
+	}
+	if len(g.ACME.Challenges) == 0 && !d.failed(&g.ACME.Challenges) {
+		d.add(d.pos(&g.ACME.Challenges), "acme challenges must list at least one of %s", orList(challenges))
+	}
+	for i, c := range g.ACME.Challenges {
+		if !slices.Contains(challenges, c) {
+			d.add(d.pos(&g.ACME.Challenges[i]), "unknown ACME challenge %q: expected %s", c, orList(challenges))
+		}
+	}
+	if a := g.OnDemand.Ask; a != "" {
+		if msg := checkHTTPURL(a); msg != "" {
+			d.add(d.pos(&g.OnDemand.Ask), "bad on_demand ask %q: %s", a, msg)
+		}
+	}
+	if e := g.Storage.Etcd; e != nil {
+		if len(e.Endpoints) == 0 && !d.failed(&e.Endpoints) {
+			d.add(d.pos(&e.Endpoints, e), "etcd needs at least one endpoint")
+		}
+		for i, ep := range e.Endpoints {
+			if msg := checkHTTPURL(ep); msg != "" {
+				d.add(d.pos(&e.Endpoints[i]), "bad etcd endpoint %q: %s", ep, msg)
+			}
+		}
+		if !strings.HasPrefix(e.Prefix, "/") {
+			d.add(d.pos(&e.Prefix), "etcd prefix must start with \"/\", got %q", e.Prefix)
+		}
+	}
+	// https_port only matters once a site uses TLS.
+	if g.HTTPPort == g.HTTPSPort && slices.ContainsFunc(cfg.Sites, func(s *Site) bool { return s.TLS.Mode != TLSOff }) {
+		d.add(d.pos(&g.HTTPSPort, &g.HTTPPort, cfg), "https_port must differ from http_port (both are %d)", g.HTTPPort)
+	}
+}
+
+func (d *decoder) validateUpstream(u *Upstream) {
+	if d.failed(u) {
+		return
+	}
+	if !upstreamName.MatchString(u.Name) {
+		d.add(d.keyAt[u], "bad upstream name %q: use letters, digits, \"_\", \".\" and \"-\"", u.Name)
+	}
+	if len(u.Backends) == 0 && !d.failed(&u.Backends) {
+		d.add(d.pos(&u.Backends, u), "upstream %q has no backends", u.Name)
+	}
+	for _, b := range u.Backends {
+		if d.failed(b) {
+			continue
+		}
+		if b.URL == nil && !d.failed(&b.URL) {
+			d.add(d.pos(b), "backend needs a url")
+		}
+		if b.Weight < 1 || b.Weight > 1000 {
+			d.add(d.pos(&b.Weight), "weight must be 1..1000, got %d", b.Weight)
+		}
+	}
+	if !slices.Contains(balances, u.Balance) {
+		d.add(d.pos(&u.Balance), "unknown balance %q: expected %s", u.Balance, orList(balances))
+	}
+	if h := u.HealthCheck; h != nil {
+		if !strings.HasPrefix(h.Path, "/") {
+			d.add(d.pos(&h.Path), "health_check path must start with \"/\", got %q", h.Path)
+		}
+		if h.Interval <= 0 {
+			d.add(d.pos(&h.Interval), "health_check interval must be more than 0")
+		}
+		if h.Timeout <= 0 {
+			d.add(d.pos(&h.Timeout), "health_check timeout must be more than 0")
+		}
+		if h.ExpectStatus < 100 || h.ExpectStatus > 599 {
+			d.add(d.pos(&h.ExpectStatus), "expect_status must be 100..599, got %d", h.ExpectStatus)
+		}
+		if h.Rise < 1 {
+			d.add(d.pos(&h.Rise), "rise must be at least 1, got %d", h.Rise)
+		}
+		if h.Fall < 1 {
+			d.add(d.pos(&h.Fall), "fall must be at least 1, got %d", h.Fall)
+		}
+	}
+}
+
+func unknownUpstream(name string, known []string) string {
+	msg := fmt.Sprintf("unknown upstream %q", name)
+	switch {
+	case len(known) == 0:
+		msg += " (no upstreams are defined)"
+	case len(known) <= 8:
+		msg += " (known: " + strings.Join(known, ", ") + ")"
+	}
+	return msg
+}
+
+func (d *decoder) validateSites(cfg *Config, names []string) {
+	if len(cfg.Sites) == 0 && !d.failed(&cfg.Sites) {
+		d.add(d.pos(&cfg.Sites, cfg), "no sites: add at least one under sites:")
+	}
+	type owner struct {
+		site *Site
+		at   position
+	}
+	hosts := map[string]owner{}
+	for _, s := range cfg.Sites {
+		if d.failed(s) {
+			continue
+		}
+		if len(s.Hosts) == 0 && !d.failed(&s.Hosts) {
+			d.add(d.pos(&s.Hosts, s), "site needs at least one host")
+		}
+		for i, raw := range s.Hosts {
+			at := d.pos(&s.Hosts[i])
+			h, msg := normalizeHost(raw)
+			if msg != "" {
+				d.add(at, "bad host %q: %s", raw, msg)
+				continue
+			}
+			s.Hosts[i] = h
+			switch first, dup := hosts[h]; {
+			case !dup:
+				hosts[h] = owner{s, at}
+			case first.site == s:
+				d.add(at, "host %q is listed twice in this site (first at line %d)", h, first.at.Line)
+			default:
+				fs := d.pos(first.site)
+				d.add(at, "host %q already used by the site at %s:%d:%d", h, d.file, fs.Line, fs.Col)
+			}
+		}
+		for i, e := range s.Encode {
+			if !slices.Contains(encodings, e) {
+				d.add(d.pos(&s.Encode[i]), "unknown encoding %q: expected %s", e, orList(encodings))
+			}
+		}
+		if len(s.Routes) == 0 && !d.failed(&s.Routes) {
+			d.add(d.pos(&s.Routes, s), "site needs at least one route")
+		}
+		paths := map[string]position{}
+		for _, r := range s.Routes {
+			if d.failed(r) {
+				continue
+			}
+			if d.checkPath(r) {
+				if first, dup := paths[r.Path]; dup {
+					d.add(d.pos(&r.Path, r), "duplicate route path %q (first at line %d)", r.Path, first.Line)
+				} else {
+					paths[r.Path] = d.pos(&r.Path, r)
+				}
+			}
+			d.validateRoute(cfg, s, r, names)
+		}
+	}
+}
+
+// checkPath reports whether r.Path is a usable prefix, reporting why not.
+func (d *decoder) checkPath(r *Route) bool {
+	p, at := r.Path, d.pos(&r.Path, r)
+	var why string
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		why = `must start with "/"`
+	case strings.Contains(p, ".."):
+		why = `must not contain ".."`
+	case strings.Contains(p, "//"):
+		why = `must not contain "//"`
+	case strings.ContainsAny(p, "?#"):
+		why = `must not contain "?" or "#"`
+	case strings.ContainsFunc(p, func(c rune) bool { return c < 0x20 || c == 0x7f }):
+		why = "must not contain control characters"
+	default:
+		return true
+	}
+	d.add(at, "bad route path %q: %s", p, why)
+	return false
+}
+
+func (d *decoder) validateRoute(cfg *Config, s *Site, r *Route, names []string) {
+	var actions []string
+	if r.Upstream != nil || d.failed(&r.Upstream) {
+		actions = append(actions, "upstream")
+	}
+	if r.Respond != nil || d.failed(&r.Respond) {
+		actions = append(actions, "respond")
+	}
+	if r.Redirect != nil || d.failed(&r.Redirect) {
+		actions = append(actions, "redirect")
+	}
+	if r.Static != nil || d.failed(&r.Static) {
+		actions = append(actions, "static")
+	}
+	switch {
+	case len(actions) == 0:
+		d.add(d.pos(r), "route has no action (upstream, respond, redirect or static)")
+	case len(actions) > 1:
+		d.add(d.pos(r), "route has more than one action: %s", strings.Join(actions[:len(actions)-1], ", ")+" and "+actions[len(actions)-1])
+	}
+	if r.StripPrefix && r.Upstream == nil && !d.failed(&r.Upstream) {
+		d.add(d.pos(&r.StripPrefix), "strip_prefix needs an upstream")
+	}
+	if u := r.Upstream; u != nil {
+		d.resolveUpstream(cfg, s, r, names)
+	}
+	if rs := r.Respond; rs != nil {
+		if rs.Status < 100 || rs.Status > 599 || rs.Status == 101 {
+			d.add(d.pos(&rs.Status), "respond status must be 100..599 (not 101), got %d", rs.Status)
+		}
+		for name, v := range rs.Headers {
+			if !validHeaderName(name) {
+				d.add(d.pos(&rs.Headers), "bad header name %q", name)
+			}
+			if strings.ContainsAny(v, "\r\n\x00") {
+				d.add(d.pos(&rs.Headers), "header %q: value must not contain line breaks", name)
+			}
+		}
+	}
+	if rd := r.Redirect; rd != nil {
+		switch to := rd.To; {
+		case to == "":
+			d.add(d.pos(rd), `redirect needs "to": an absolute http(s) URL or a path starting with "/"`)
+		case strings.ContainsAny(to, "\r\n\x00"):
+			d.add(d.pos(&rd.To), "redirect to %q must not contain line breaks", to)
+		case strings.HasPrefix(to, "/") && !strings.HasPrefix(to, "//"):
+		case checkHTTPURL(to) != "":
+			d.add(d.pos(&rd.To), `redirect to %q must be an absolute http(s) URL or a path starting with "/"`, to)
+		}
+		switch rd.Status {
+		case 301, 302, 303, 307, 308:
+		default:
+			d.add(d.pos(&rd.Status), "redirect status must be 301, 302, 303, 307 or 308, got %d", rd.Status)
+		}
+	}
+	if st := r.Static; st != nil && st.Root == "" {
+		d.add(d.pos(&st.Root, st), "static needs a root directory")
+	}
+}
+
+// resolveUpstream points r.Upstream.Pool at its pool, creating the
+// anonymous pool of an inline URL list.
+func (d *decoder) resolveUpstream(cfg *Config, s *Site, r *Route, names []string) {
+	ref := r.Upstream
+	if ref.Name != "" {
+		if p := cfg.Upstreams[ref.Name]; p != nil && upstreamName.MatchString(ref.Name) {
+			ref.Pool = p
+		} else {
+			d.add(d.pos(ref), "%s", unknownUpstream(ref.Name, names))
+		}
+		return
+	}
+	host := ""
+	if len(s.Hosts) > 0 {
+		host = s.Hosts[0]
+	}
+	pool := &Upstream{Name: "route:" + host + r.Path}
+	for _, u := range ref.URLs {
+		if u != nil {
+			pool.Backends = append(pool.Backends, &Backend{URL: u, Weight: 1})
+		}
+	}
+	d.upstreamDefaults(pool)
+	d.at[pool] = d.pos(ref)
+	if _, taken := cfg.Upstreams[pool.Name]; !taken {
+		cfg.Upstreams[pool.Name] = pool
+	}
+	ref.Pool = pool
+}
+
+// validHeaderName reports whether name is an HTTP token.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizeHost lower-cases a site host and strips any port; it returns a
+// reason when the host is not a DNS name, a "*." wildcard, an IP address or
+// "*".
+func normalizeHost(raw string) (string, string) {
+	h := strings.ToLower(strings.TrimSpace(raw))
+	switch {
+	case h == "":
+		return "", "empty host"
+	case h == "*":
+		return h, ""
+	case strings.HasPrefix(h, "["):
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return "", `missing "]"`
+		}
+		if rest := h[end+1:]; rest != "" {
+			if p, ok := strings.CutPrefix(rest, ":"); !ok || !validPort(p) {
+				return "", "bad port"
+			}
+		}
+		a, err := netip.ParseAddr(h[1:end])
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return "", "not an IPv6 address"
+		}
+		return a.String(), ""
+	case strings.Count(h, ":") == 1:
+		host, port, _ := strings.Cut(h, ":")
+		if !validPort(port) {
+			return "", "bad port"
+		}
+		h = host
+	case strings.Count(h, ":") > 1:
+		a, err := netip.ParseAddr(h)
+		if err != nil || a.Zone() != "" {
+			return "", "not an IPv6 address (write [::1]:port to add a port)"
+		}
+		return a.String(), ""
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		return a.String(), ""
+	}
+	name := strings.TrimSuffix(h, ".")
+	if rest, ok := strings.CutPrefix(name, "*."); ok {
+		name = rest
+	}
+	if strings.Contains(name, "*") {
+		return "", `a wildcard is only allowed as the whole first label, as in "*.example.com"`
+	}
+	if len(name) > 253 {
+		return "", "name too long"
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return "", "empty or too long label"
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return "", "a label must not start or end with \"-\""
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return "", "use letters, digits and \"-\" (write internationalized names in xn-- form)"
+			}
+		}
+	}
+	return strings.TrimSuffix(h, "."), ""
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535 && p[0] != '+'
+}
