@@ -2,7 +2,4 @@ module github.com/gatehouse-proxy/gatehouse
 
 go 1.26.0
 
-require (
-	golang.org/x/net v0.62.0 // indirect
-	gopkg.in/yaml.v3 v3.0.1 // indirect
-)
+require gopkg.in/yaml.v3 v3.0.1

@@ -1,0 +1,110 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/edge/config"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func mustParse(t *testing.T, doc string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+const respondDoc = `
+global: {listen: 127.0.0.1, http_port: 1, admin: "off"}
+sites:
+  - hosts: ["*"]
+    tls: off
+    routes: [{path: /, respond: {body: "%s"}}]
+`
+
+func TestNewRuntimeRefusesUnsupported(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, `
+sites:
+  - hosts: [example.com]
+    routes: [{path: /, respond: {body: hi}}]
+`)
+	_, err := NewRuntime(cfg, quiet())
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "test.yaml:") {
+		t.Fatalf("err = %v, want ErrUnsupported naming the position", err)
+	}
+}
+
+// TestServeReloadShutdown runs a real listener: requests are answered by the
+// current runtime, a reload swaps it, and cancelling the context stops Serve.
+func TestServeReloadShutdown(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, strings.Replace(respondDoc, "%s", "one", 1))
+	cfg.Global.HTTPPort = 0 // let the kernel pick; Parse rejects 0 from files
+	srv, err := New(cfg, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	url := "http://" + srv.Addr().String() + "/"
+
+	if got := get(t, url); got != "one" {
+		t.Fatalf("body %q, want one", got)
+	}
+	if err := srv.Reload(mustParse(t, strings.Replace(respondDoc, "%s", "two", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, url); got != "two" {
+		t.Fatalf("after reload: body %q, want two", got)
+	}
+	// A config this build cannot serve is refused and the old one keeps serving.
+	bad := mustParse(t, "sites: [{hosts: [a.example], routes: [{respond: {body: x}}]}]")
+	if err := srv.Reload(bad); err == nil {
+		t.Fatal("reload of an unservable config succeeded")
+	}
+	if got := get(t, url); got != "two" {
+		t.Fatalf("after failed reload: body %q, want two", got)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+	if _, err := http.Get(url); err == nil {
+		t.Fatal("listener still accepts after shutdown")
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
