@@ -180,6 +180,10 @@ func (d *decoder) applyDefaults(cfg *Config) {
 	if !d.has(&g.ACME.Challenges) {
 		g.ACME.Challenges = []string{"http-01", "tls-alpn-01"}
 	}
+	durationDefault(d, &g.OnDemand.AskTTL, 5*time.Minute)
+	intDefault(d, &g.OnDemand.RateLimit, 10)
+	durationDefault(d, &g.OnDemand.RateWindow, time.Minute)
+	durationDefault(d, &g.OnDemand.NameInterval, time.Minute)
 	if !d.has(&g.Cache.MaxSize) {
 		g.Cache.MaxSize = defaultCacheMaxSize
 	}
@@ -195,6 +199,9 @@ func (d *decoder) applyDefaults(cfg *Config) {
 	for _, s := range cfg.Sites {
 		if s.TLS.Mode == "" {
 			s.TLS.Mode = TLSAuto
+		}
+		if s.HTTP3 == nil {
+			s.HTTP3 = g.HTTP3
 		}
 		for _, r := range s.Routes {
 			if !d.has(&r.Path) {

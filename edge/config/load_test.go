@@ -175,8 +175,9 @@ func TestDefaults(t *testing.T) {
 			IdleTimeout:       Duration(2 * time.Minute),
 			MaxHeaderBytes:    1 << 20,
 		},
-		ACME:  ACME{CA: "https://acme-v02.api.letsencrypt.org/directory", Challenges: []string{"http-01", "tls-alpn-01"}},
-		Cache: CacheSettings{MaxSize: 256 << 20},
+		ACME:     ACME{CA: "https://acme-v02.api.letsencrypt.org/directory", Challenges: []string{"http-01", "tls-alpn-01"}},
+		Cache:    CacheSettings{MaxSize: 256 << 20},
+		OnDemand: OnDemand{AskTTL: Duration(5 * time.Minute), RateLimit: 10, RateWindow: Duration(time.Minute), NameInterval: Duration(time.Minute)},
 	}
 	if g.HTTP3 == nil || !*g.HTTP3 {
 		t.Errorf("http3 = %v, want true", g.HTTP3)

@@ -66,11 +66,33 @@ type ACME struct {
 	CARoot     string   `yaml:"ca_root"` // PEM file to trust for the ACME server
 	Challenges []string `yaml:"challenges"`
 	Staging    bool     `yaml:"staging"`
+	EAB        *EAB     `yaml:"eab"` // External Account Binding for CAs that need it
+	// Fallback is a second ACME CA tried when CA fails (ZeroSSL-style).
+	Fallback *ACMEFallback `yaml:"fallback"`
 }
 
-// OnDemand configures on-demand TLS.
+// EAB is an ACME External Account Binding.
+type EAB struct {
+	KeyID  string `yaml:"key_id"`
+	MACKey string `yaml:"mac_key"` // base64url HMAC key, as the CA gives it
+}
+
+// ACMEFallback is a second ACME CA.
+type ACMEFallback struct {
+	CA     string `yaml:"ca"`
+	CARoot string `yaml:"ca_root"`
+	EAB    *EAB   `yaml:"eab"`
+}
+
+// OnDemand configures on-demand TLS: a certificate is obtained during the
+// first handshake for a name only if Ask answers 200 for it.
 type OnDemand struct {
-	Ask string `yaml:"ask"`
+	Ask        string   `yaml:"ask"`         // GET ASK?domain=NAME; 200 allows issuance
+	AskTTL     Duration `yaml:"ask_ttl"`     // default 5m: allow and deny answers are cached this long
+	RateLimit  int      `yaml:"rate_limit"`  // default 10: new certificates per RateWindow, all names together
+	RateWindow Duration `yaml:"rate_window"` // default 1m
+	// NameInterval spaces issuance attempts for one name (default 1m).
+	NameInterval Duration `yaml:"name_interval"`
 }
 
 // CacheSettings are the response cache's global settings.
@@ -137,6 +159,7 @@ type UpstreamTLS struct {
 type Site struct {
 	Hosts   []string    `yaml:"hosts"` // lower-cased, without port
 	TLS     TLS         `yaml:"tls"`
+	HTTP3   *bool       `yaml:"http3"` // default: global.http3; false stops advertising h3 for this site
 	Cache   bool        `yaml:"cache"`
 	Encode  []string    `yaml:"encode"`
 	Headers SiteHeaders `yaml:"headers"`

@@ -124,6 +124,24 @@ func (d *decoder) validateGlobal(cfg *Config) {
 			d.add(d.pos(&g.OnDemand.Ask), "bad on_demand ask %q: %s", a, msg)
 		}
 	}
+	if g.OnDemand.RateLimit < 1 && d.has(&g.OnDemand.RateLimit) {
+		d.add(d.pos(&g.OnDemand.RateLimit), "on_demand rate_limit must be at least 1")
+	}
+	if f := g.ACME.Fallback; f != nil {
+		if msg := checkHTTPURL(f.CA); msg != "" {
+			d.add(d.pos(&f.CA, f), "bad acme fallback ca %q: %s", f.CA, msg)
+		}
+	}
+	for _, e := range []*EAB{g.ACME.EAB, fallbackEAB(g.ACME.Fallback)} {
+		if e != nil && (e.KeyID == "" || e.MACKey == "") {
+			d.add(d.pos(e), "eab needs both key_id and mac_key")
+		}
+	}
+	for _, s := range cfg.Sites {
+		if s.TLS.Mode == TLSOnDemand && g.OnDemand.Ask == "" {
+			d.add(d.pos(&s.TLS, s), "tls: on_demand needs global.on_demand.ask: without it anyone could make Gatehouse order certificates for any name")
+		}
+	}
 	if e := g.Storage.Etcd; e != nil {
 		if len(e.Endpoints) == 0 && !d.failed(&e.Endpoints) {
 			d.add(d.pos(&e.Endpoints, e), "etcd needs at least one endpoint")
@@ -455,4 +473,11 @@ func normalizeHost(raw string) (string, string) {
 func validPort(p string) bool {
 	n, err := strconv.Atoi(p)
 	return err == nil && n >= 1 && n <= 65535 && p[0] != '+'
+}
+
+func fallbackEAB(f *ACMEFallback) *EAB {
+	if f == nil {
+		return nil
+	}
+	return f.EAB
 }
