@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 	"github.com/gatehouse-proxy/gatehouse/edge/middleware"
@@ -19,10 +22,14 @@ import (
 // the upstream pools and the handler stack. It is immutable once built; a
 // reload builds a new Runtime and swaps it in whole.
 type Runtime struct {
-	Config  *config.Config
-	table   *router.Table
-	pools   map[string]*upstream.Pool
-	handler http.Handler
+	Config *config.Config
+	table  *router.Table
+	pools  map[string]*upstream.Pool
+	// handler serves HTTPS (h1, h2, h3); httpHandler serves the plain-HTTP
+	// listener: tls: off sites, and a redirect to HTTPS for the others.
+	handler     http.Handler
+	httpHandler http.Handler
+	altSvc      string // Alt-Svc value for h1/h2 responses of h3 sites; "" when h3 is off
 }
 
 // ErrUnsupported wraps configs that ask for features this build lacks.
@@ -56,7 +63,11 @@ func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
 		return nil, fmt.Errorf("building routes: %w", err)
 	}
 	rt.table = table
+	if g := cfg.Global; isOn(g.HTTP3) {
+		rt.altSvc = fmt.Sprintf(`h3=":%d"; ma=86400`, g.HTTPSPort)
+	}
 	rt.handler = stack(rt.routeHandler(), log, trusted)
+	rt.httpHandler = stack(rt.plainHTTPHandler(), log, trusted)
 	return rt, nil
 }
 
@@ -87,8 +98,49 @@ func (rt *Runtime) routeHandler() http.Handler {
 		}
 		info := middleware.InfoFrom(r.Context())
 		info.Route, info.Upstream = route.Name, route.Upstream
+		if rt.altSvc != "" && r.TLS != nil && r.ProtoMajor < 3 && isOn(route.Site.HTTP3) {
+			// Set before the action runs; the forwarder strips the backend's own.
+			w.Header().Set("Alt-Svc", rt.altSvc)
+		}
 		route.ServeHTTP(w, r)
 	})
+}
+
+// plainHTTPHandler serves the HTTP listener: sites with tls: off are routed;
+// requests for TLS sites get a 308 to the same host, path and query over
+// HTTPS (ACME HTTP-01 requests were answered before the stack).
+func (rt *Runtime) plainHTTPHandler() http.Handler {
+	route := rt.routeHandler()
+	port := rt.Config.Global.HTTPSPort
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		site := rt.table.Site(r.Host)
+		if site == nil || site.TLS.Mode == config.TLSOff {
+			route.ServeHTTP(w, r)
+			return
+		}
+		target := "https://" + httpsAuthority(r.Host, port) + r.URL.RequestURI()
+		w.Header().Set("Location", target)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusPermanentRedirect)
+		if r.Method == http.MethodGet {
+			_, _ = fmt.Fprintln(w, target)
+		}
+	})
+}
+
+// httpsAuthority is host (without its port) plus ":port" unless port is 443.
+func httpsAuthority(host string, port int) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port == 443 {
+		return host
+	}
+	return host + ":" + strconv.Itoa(port)
 }
 
 // ServeHTTP runs the request through the fixed stack.
@@ -103,3 +155,6 @@ func (rt *Runtime) Close() {
 		p.Close()
 	}
 }
+
+// isOn reads an optional switch whose default is on.
+func isOn(b *bool) bool { return b == nil || *b }

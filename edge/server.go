@@ -8,23 +8,33 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
+	gtls "github.com/gatehouse-proxy/gatehouse/tls"
 )
 
-// Server owns the listeners and the current Runtime. Requests always run on
-// the Runtime that was current when they arrived.
+// Server owns the listeners, the certificate manager and the current
+// Runtime. Requests always run on the Runtime that was current when they
+// arrived.
 type Server struct {
 	log *slog.Logger
 	rt  atomic.Pointer[Runtime]
+	tls *gtls.Manager // nil when every site is tls: off
 
-	httpSrv *http.Server
-	httpLn  net.Listener
+	httpSrv, httpsSrv *http.Server
+	h3                *http3.Server
+	httpLn, httpsLn   net.Listener
+	udp               net.PacketConn
 }
 
-// New builds the first Runtime from cfg. Nothing listens until Listen.
+// New builds the first Runtime and the certificate manager from cfg.
+// Nothing listens until Listen and no CA is contacted until Serve.
 func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	rt, err := NewRuntime(cfg, log)
 	if err != nil {
@@ -32,82 +42,232 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{log: log}
 	s.rt.Store(rt)
-	g := cfg.Global
-	s.httpSrv = &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: g.Limits.ReadHeaderTimeout.D(),
-		ReadTimeout:       g.Limits.ReadTimeout.D(),
-		WriteTimeout:      g.Limits.WriteTimeout.D(),
-		IdleTimeout:       g.Limits.IdleTimeout.D(),
-		MaxHeaderBytes:    int(g.Limits.MaxHeaderBytes),
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	if needsTLS(cfg) {
+		if s.tls, err = gtls.NewManager(cfg, log); err != nil {
+			rt.Close()
+			return nil, fmt.Errorf("setting up TLS: %w", err)
+		}
+	}
+	s.httpSrv = s.newHTTPServer(http.HandlerFunc(s.serveHTTP))
+	if s.tls != nil {
+		s.httpsSrv = s.newHTTPServer(http.HandlerFunc(s.serveHTTPS))
+		s.httpsSrv.TLSConfig = s.tls.TLSConfig()
+		if isOn(cfg.Global.HTTP3) {
+			s.h3 = &http3.Server{
+				Handler:        http.HandlerFunc(s.serveHTTPS),
+				TLSConfig:      http3.ConfigureTLSConfig(s.tls.TLSConfig()),
+				MaxHeaderBytes: int(cfg.Global.Limits.MaxHeaderBytes),
+				IdleTimeout:    cfg.Global.Limits.IdleTimeout.D(),
+				QUICConfig: &quic.Config{
+					MaxIdleTimeout:        30 * time.Second,
+					MaxIncomingStreams:    250,
+					MaxIncomingUniStreams: 16,
+					Allow0RTT:             false, // replayable early data stays off
+				},
+				Logger: log.With("component", "http3"),
+			}
+		}
 	}
 	return s, nil
 }
 
-// ServeHTTP hands the request to the current Runtime.
+func needsTLS(cfg *config.Config) bool {
+	for _, site := range cfg.Sites {
+		if site.TLS.Mode != config.TLSOff {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) newHTTPServer(h http.Handler) *http.Server {
+	l := s.rt.Load().Config.Global.Limits
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: l.ReadHeaderTimeout.D(),
+		ReadTimeout:       l.ReadTimeout.D(),
+		WriteTimeout:      l.WriteTimeout.D(),
+		IdleTimeout:       l.IdleTimeout.D(),
+		MaxHeaderBytes:    int(l.MaxHeaderBytes),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return srv
+}
+
+// serveHTTP is the plain-HTTP listener: ACME HTTP-01 first, then the stack.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.tls != nil && s.tls.HandleHTTPChallenge(w, r) {
+		return
+	}
+	s.rt.Load().httpHandler.ServeHTTP(w, r)
+}
+
+// serveHTTPS serves TLS requests (h1, h2 and h3).
+func (s *Server) serveHTTPS(w http.ResponseWriter, r *http.Request) {
+	s.rt.Load().handler.ServeHTTP(w, r)
+}
+
+// ServeHTTP hands a request to the current Runtime as if it came over HTTPS
+// when r.TLS is set, else as the HTTP listener would.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.rt.Load().ServeHTTP(w, r)
+	if r.TLS != nil {
+		s.serveHTTPS(w, r)
+		return
+	}
+	s.serveHTTP(w, r)
 }
 
 // Runtime returns the Runtime serving new requests.
 func (s *Server) Runtime() *Runtime { return s.rt.Load() }
 
-// Listen opens the listeners named by the config. Errors (port in use,
-// permission denied) are returned before anything is served.
-func (s *Server) Listen() error {
+// TLS returns the certificate manager (nil when every site is tls: off).
+func (s *Server) TLS() *gtls.Manager { return s.tls }
+
+// Listen opens the listeners named by the config: TCP http_port always, and
+// for TLS sites TCP and UDP https_port. Errors (port in use, permission
+// denied) are returned before anything is served.
+func (s *Server) Listen() (err error) {
 	g := s.rt.Load().Config.Global
+	defer func() {
+		if err != nil {
+			s.closeListeners()
+		}
+	}()
 	addr := net.JoinHostPort(g.Listen, strconv.Itoa(g.HTTPPort))
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	if s.httpLn, err = net.Listen("tcp", addr); err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	s.httpLn = ln
+	if s.tls == nil {
+		return nil
+	}
+	addr = net.JoinHostPort(g.Listen, strconv.Itoa(g.HTTPSPort))
+	if s.httpsLn, err = net.Listen("tcp", addr); err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	if s.h3 != nil {
+		if s.udp, err = net.ListenPacket("udp", addr); err != nil {
+			return fmt.Errorf("listening on udp %s: %w", addr, err)
+		}
+	}
 	return nil
+}
+
+func (s *Server) closeListeners() {
+	if s.httpLn != nil {
+		_ = s.httpLn.Close()
+	}
+	if s.httpsLn != nil {
+		_ = s.httpsLn.Close()
+	}
+	if s.udp != nil {
+		_ = s.udp.Close()
+	}
 }
 
 // Addr is the HTTP listener's address (after Listen).
 func (s *Server) Addr() net.Addr { return s.httpLn.Addr() }
 
 // Serve serves until ctx is cancelled, then shuts down gracefully: the
-// listeners close at once, in-flight requests get shutdown_timeout to finish,
-// and whatever remains is closed. It returns nil after a clean or timed-out
-// shutdown and an error only if serving failed.
+// listeners close at once, in-flight requests (h1, h2 and h3) get
+// shutdown_timeout to finish, and whatever remains is closed. It returns nil
+// after a clean or timed-out shutdown and an error only if serving failed.
 func (s *Server) Serve(ctx context.Context) error {
 	if s.httpLn == nil {
 		if err := s.Listen(); err != nil {
 			return err
 		}
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- s.httpSrv.Serve(s.httpLn) }()
-	s.log.Info("serving", "http", s.httpLn.Addr().String())
+	if s.tls != nil {
+		// Certificates in storage load now; missing ones are obtained in the
+		// background, so a CA outage never delays serving.
+		if err := s.tls.Start(context.WithoutCancel(ctx)); err != nil {
+			s.closeListeners()
+			return fmt.Errorf("starting certificate management: %w", err)
+		}
+		defer s.tls.Stop()
+	}
 
+	errc := make(chan error, 3)
+	running := 0
+	start := func(name string, serve func() error) {
+		running++
+		go func() {
+			err := serve()
+			if errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) {
+				err = nil
+			} else if err != nil {
+				err = fmt.Errorf("%s listener: %w", name, err)
+			}
+			errc <- err
+		}()
+	}
+	start("http", func() error { return s.httpSrv.Serve(s.httpLn) })
+	attrs := []any{"http", s.httpLn.Addr().String()}
+	if s.httpsLn != nil {
+		start("https", func() error { return s.httpsSrv.ServeTLS(s.httpsLn, "", "") })
+		attrs = append(attrs, "https", s.httpsLn.Addr().String())
+	}
+	if s.udp != nil {
+		start("http3", func() error { return s.h3.Serve(s.udp) })
+		attrs = append(attrs, "http3", s.udp.LocalAddr().String())
+	}
+	s.log.Info("serving", attrs...)
+
+	var failure error
 	select {
-	case err := <-errc:
-		s.rt.Load().Close()
-		return fmt.Errorf("http listener: %w", err)
+	case failure = <-errc:
+		running--
 	case <-ctx.Done():
 	}
-
-	timeout := s.rt.Load().Config.Global.ShutdownTimeout.D()
-	s.log.Info("shutting down", "timeout", timeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	err := s.httpSrv.Shutdown(sctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		s.log.Warn("shutdown timeout reached; closing remaining connections")
-		_ = s.httpSrv.Close()
+	s.shutdown()
+	for ; running > 0; running-- {
+		if err := <-errc; err != nil && failure == nil {
+			failure = err
+		}
 	}
-	<-errc // Serve has returned http.ErrServerClosed
 	s.rt.Load().Close()
+	if failure != nil {
+		return failure
+	}
 	s.log.Info("stopped")
 	return nil
 }
 
+// shutdown stops accepting on every listener and lets in-flight requests
+// finish within shutdown_timeout, then closes what remains.
+func (s *Server) shutdown() {
+	timeout := s.rt.Load().Config.Global.ShutdownTimeout.D()
+	s.log.Info("shutting down", "timeout", timeout.String())
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	graceful := func(shut func(context.Context) error, closeNow func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := shut(ctx); errors.Is(err, context.DeadlineExceeded) {
+				s.log.Warn("shutdown timeout reached; closing remaining connections")
+				_ = closeNow()
+			}
+		}()
+	}
+	graceful(s.httpSrv.Shutdown, s.httpSrv.Close)
+	if s.httpsLn != nil {
+		graceful(s.httpsSrv.Shutdown, s.httpsSrv.Close)
+	}
+	if s.udp != nil {
+		graceful(s.h3.Shutdown, s.h3.Close)
+	}
+	wg.Wait()
+	if s.udp != nil {
+		_ = s.udp.Close() // http3.Server.Serve does not own a PacketConn it was given
+	}
+}
+
 // Reload builds a Runtime from cfg and swaps it in. On error the current
 // Runtime keeps serving untouched. Listener settings (ports, listen address,
-// server limits) need a restart; a change to them is logged and ignored.
+// server limits) and TLS site changes need a restart; a change to them is
+// logged.
 func (s *Server) Reload(cfg *config.Config) error {
 	start := time.Now()
 	rt, err := NewRuntime(cfg, s.log)
@@ -119,7 +279,33 @@ func (s *Server) Reload(cfg *config.Config) error {
 	if og.Listen != ng.Listen || og.HTTPPort != ng.HTTPPort || og.HTTPSPort != ng.HTTPSPort || og.Limits != ng.Limits {
 		s.log.Warn("listener settings changed; they take effect after a restart")
 	}
+	if needsTLS(cfg) != (s.tls != nil) || !sameTLSSites(old.Config, cfg) {
+		s.log.Warn("TLS sites changed; new certificates are managed after a restart")
+	}
 	old.Close()
 	s.log.Info("config reloaded", "file", cfg.File, "took", time.Since(start).String())
 	return nil
+}
+
+// sameTLSSites reports whether two configs ask for the same names and modes.
+func sameTLSSites(a, b *config.Config) bool {
+	key := func(c *config.Config) map[string]config.TLSMode {
+		m := map[string]config.TLSMode{}
+		for _, site := range c.Sites {
+			for _, h := range site.Hosts {
+				m[h] = site.TLS.Mode
+			}
+		}
+		return m
+	}
+	ka, kb := key(a), key(b)
+	if len(ka) != len(kb) {
+		return false
+	}
+	for h, m := range ka {
+		if kb[h] != m {
+			return false
+		}
+	}
+	return true
 }

@@ -40,8 +40,7 @@ func (d *decoder) unsupportedPositions(cfg *Config) source {
 }
 
 // Unsupported lists, with positions, configured features that this build
-// cannot serve yet: a site whose tls is not off, a static route, a tcp
-// entry, storage.etcd. Serving such a config would change traffic, so `run`
+// cannot serve yet: a static route, a tcp entry, storage.etcd. Serving such a config would change traffic, so `run`
 // and `validate` treat these as errors. The result is nil when everything
 // can be served; it is sorted by position.
 func (c *Config) Unsupported() Errors {
@@ -51,17 +50,6 @@ func (c *Config) Unsupported() Errors {
 	}
 	at := func(key string) position { return c.src.pos[key] }
 	for i, s := range c.Sites {
-		switch s.TLS.Mode {
-		case TLSOff:
-		case TLSManual:
-			p.add(at(sitePath(i)+".tls"), "tls: {cert, key} is not available in this build yet; use tls: off")
-		default:
-			mode := s.TLS.Mode
-			if mode == "" {
-				mode = TLSAuto
-			}
-			p.add(at(sitePath(i)+".tls"), "tls: %s is not available in this build yet; use tls: off", mode)
-		}
 		for j, r := range s.Routes {
 			if r.Static != nil {
 				p.add(at(routePath(i, j)+".static"), "static routes are not available in this build yet")

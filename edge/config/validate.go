@@ -242,6 +242,9 @@ func (d *decoder) validateSites(cfg *Config, names []string) {
 				continue
 			}
 			s.Hosts[i] = h
+			if (s.TLS.Mode == TLSAuto || s.TLS.Mode == "") && (h == "*" || strings.HasPrefix(h, "*.")) && !localName(h) {
+				d.add(at, "host %q needs tls: on_demand, internal, off or a {cert, key} pair: tls: auto obtains certificates for exact names only (HTTP-01 and TLS-ALPN-01 cannot validate wildcards)", h)
+			}
 			switch first, dup := hosts[h]; {
 			case !dup:
 				hosts[h] = owner{s, at}
@@ -480,4 +483,15 @@ func fallbackEAB(f *ACMEFallback) *EAB {
 		return nil
 	}
 	return f.EAB
+}
+
+// localName reports whether a wildcard host is under a local-only domain,
+// which tls: auto serves from the internal CA.
+func localName(h string) bool {
+	for _, suffix := range []string{".localhost", ".internal", ".local"} {
+		if strings.HasSuffix(h, suffix) {
+			return true
+		}
+	}
+	return false
 }
