@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,8 @@ func TestNewRuntimeRefusesUnsupported(t *testing.T) {
 	cfg := mustParse(t, `
 sites:
   - hosts: [example.com]
-    routes: [{path: /, respond: {body: hi}}]
+    tls: off
+    routes: [{path: /, static: {root: .}}]
 `)
 	_, err := NewRuntime(cfg, quiet())
 	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "test.yaml:") {
@@ -73,7 +75,7 @@ func TestServeReloadShutdown(t *testing.T) {
 		t.Fatalf("after reload: body %q, want two", got)
 	}
 	// A config this build cannot serve is refused and the old one keeps serving.
-	bad := mustParse(t, "sites: [{hosts: [a.example], routes: [{respond: {body: x}}]}]")
+	bad := mustParse(t, "sites: [{hosts: [a.example], tls: off, routes: [{static: {root: .}}]}]")
 	if err := srv.Reload(bad); err == nil {
 		t.Fatal("reload of an unservable config succeeded")
 	}
@@ -107,4 +109,60 @@ func get(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestPlainHTTPRedirectsTLSSites(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, `
+global: {https_port: 8443}
+sites:
+  - hosts: [secure.localhost]
+    tls: internal
+    routes: [{respond: {body: secure}}]
+  - hosts: [plain.example]
+    tls: off
+    routes: [{respond: {body: plain}}]
+`)
+	rt, err := NewRuntime(cfg, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		target, host string
+		status       int
+		location     string
+	}{
+		{"/a/b?q=1&r=%20", "secure.localhost:8080", 308, "https://secure.localhost:8443/a/b?q=1&r=%20"},
+		{"/", "plain.example", 200, ""},
+		{"/", "nobody.example", 404, ""},
+	}
+	for _, tt := range tests {
+		req := httptest.NewRequest("GET", tt.target, nil)
+		req.Host = tt.host
+		rec := httptest.NewRecorder()
+		rt.httpHandler.ServeHTTP(rec, req)
+		if rec.Code != tt.status || rec.Header().Get("Location") != tt.location {
+			t.Errorf("%s%s: %d %q, want %d %q", tt.host, tt.target, rec.Code, rec.Header().Get("Location"), tt.status, tt.location)
+		}
+	}
+}
+
+func TestHTTPSAuthority(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		host string
+		port int
+		want string
+	}{
+		{"example.com", 443, "example.com"},
+		{"example.com:80", 443, "example.com"},
+		{"example.com:8080", 8443, "example.com:8443"},
+		{"[::1]:8080", 8443, "[::1]:8443"},
+		{"::1", 443, "[::1]"},
+	}
+	for _, tt := range tests {
+		if got := httpsAuthority(tt.host, tt.port); got != tt.want {
+			t.Errorf("httpsAuthority(%q, %d) = %q, want %q", tt.host, tt.port, got, tt.want)
+		}
+	}
 }
