@@ -153,10 +153,10 @@ func pebbleModuleDir(t testing.TB) string {
 // gateway's ports and counts what the gateway asks of it.
 type pebbleCA struct {
 	t          testing.TB
-	DirURL     string         // ACME directory, https://127.0.0.1:PORT/dir
-	CARootFile string         // PEM of the CA of Pebble's own HTTPS certificate
+	DirURL     string            // ACME directory, https://127.0.0.1:PORT/dir
+	CARootFile string            // PEM of the CA of Pebble's own HTTPS certificate
 	Root       *x509.Certificate // issuing root, from the management /roots/0
-	Roots      *x509.CertPool // just Root
+	Roots      *x509.CertPool    // just Root
 	db         *db.MemoryStore
 	acme, mgmt *httptest.Server
 	log        *syncBuffer

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,14 +19,39 @@ var (
 	httpsPortLine = regexp.MustCompile(`(?m)^(\s*https_port:\s*)\d+`)
 )
 
-// TestQuickstartHTTPSInternalCA runs configs/quickstart.yaml (ports moved)
-// from a temp dir and fetches it with Debian's curl trusting only
+// startProcIn is startProc with the working directory set to dir.
+func startProcIn(t testing.TB, dir string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{t: t, Stdout: &syncBuffer{}, Stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p.Cmd = exec.Command(gatehouseBin, args...)
+	p.Cmd.Dir = dir
+	p.Cmd.Stdout = p.Stdout
+	p.Cmd.Stderr = p.Stderr
+	if err := p.Cmd.Start(); err != nil {
+		t.Fatalf("starting gatehouse %v in %s: %v", args, dir, err)
+	}
+	go func() {
+		p.Cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("gatehouse %v (in %s) stdout:\n%s", args, dir, p.Stdout.String())
+			t.Logf("gatehouse %v (in %s) stderr:\n%s", args, dir, p.Stderr.String())
+		}
+	})
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// TestQuickstartHTTPSInternalCA runs configs/quickstart.yaml (ports moved to
+// free ones) from a temp dir and fetches it with curl trusting only
 // data/pki/root.crt, over HTTP/1.1 and HTTP/2.
 func TestQuickstartHTTPSInternalCA(t *testing.T) {
 	t.Parallel()
 	curl, err := exec.LookPath("curl")
 	if err != nil {
-		t.Skip("curl is not installed (CI installs it): skipping the quickstart HTTPS check")
+		t.Skip("curl is not installed (CI installs it): skipping the quickstart-over-HTTPS check")
 	}
 	orig, err := os.ReadFile("../configs/quickstart.yaml")
 	if err != nil {
@@ -36,7 +62,7 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 	}
 	var dir string
 	var httpsPort int
-	g := startServing(t, func() ([]string, []string, string) {
+	g := startServingIn(t, func() (string, []string, string) {
 		dir = t.TempDir()
 		httpPort := freePort(t)
 		httpsPort = freeTCPUDPPort(t)
@@ -45,17 +71,71 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "quickstart.yaml"), text, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		return nil, []string{"run", "--config", "quickstart.yaml"}, fmt.Sprintf("127.0.0.1:%d", httpPort)
+		return dir, []string{"run", "--config", "quickstart.yaml"}, fmt.Sprintf("127.0.0.1:%d", httpPort)
 	})
-	_ = g
-	// startServing runs the binary from the test's working directory; the
-	// quickstart's data_dir is relative, so run it again from dir.
-	g.Stop()
-	p := startProc(t, nil, "run", "--config", filepath.Join(dir, "quickstart.yaml"))
-	_ = p
-	t.Fatal("unreachable")
-	_ = curl
-	_ = x509.NewCertPool
-	_ = context.Background
-	_ = time.Second
+
+	// Wait for the internal CA's root and a handshake that verifies with it.
+	rootPath := filepath.Join(dir, "data", "pki", "root.crt")
+	httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpsPort)
+	deadline := time.Now().Add(certWait)
+	for {
+		var err error
+		pool := x509.NewCertPool()
+		if pem, rerr := os.ReadFile(rootPath); rerr != nil {
+			err = rerr
+		} else if !pool.AppendCertsFromPEM(pem) {
+			err = fmt.Errorf("%s holds no PEM certificate", rootPath)
+		} else if _, err = handshake(httpsAddr, "localhost", pool, 5*time.Second); err == nil {
+			break
+		}
+		if g.Exited() {
+			t.Fatalf("quickstart gateway exited (code %d) before serving HTTPS: %v", g.Cmd.ProcessState.ExitCode(), err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quickstart: no verified handshake for localhost on %s within %v: %v", httpsAddr, certWait, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for _, c := range []struct{ flag, version string }{{"--http1.1", "1.1"}, {"--http2", "2"}} {
+		t.Run(c.flag, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			url := fmt.Sprintf("https://localhost:%d/", httpsPort)
+			cmd := exec.CommandContext(ctx, curl, "-sS", "--noproxy", "*", "--max-time", "15",
+				"--cacert", "data/pki/root.crt",
+				"--resolve", fmt.Sprintf("localhost:%d:127.0.0.1", httpsPort),
+				c.flag, "-w", "%{http_version}", url)
+			cmd.Dir = dir
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("curl %s --cacert data/pki/root.crt %s: %v\nstderr: %s", c.flag, url, err, stderr.String())
+			}
+			want := "hello from gatehouse\n" + c.version
+			if string(out) != want {
+				t.Errorf("curl %s %s printed %q (body + %%{http_version}), want %q", c.flag, url, out, want)
+			}
+		})
+	}
+}
+
+// startServingIn is startServing for processes run in a directory that mk
+// chooses.
+func startServingIn(t testing.TB, mk func() (dir string, args []string, addr string)) *Proc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		dir, args, addr := mk()
+		p := startProcIn(t, dir, args...)
+		err := p.waitListening(addr)
+		if err == nil {
+			return p
+		}
+		if attempt < 3 && p.Exited() && strings.Contains(p.Stderr.String(), "address already in use") {
+			t.Logf("attempt %d lost its port, retrying: %v", attempt, err)
+			continue
+		}
+		t.Fatal(err)
+	}
 }
