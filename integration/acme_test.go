@@ -1,8 +1,14 @@
 package integration
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,18 +30,6 @@ const siteA = `
 func checkServesA(t *testing.T, g *tlsGateway, p *pebbleCA) {
 	t.Helper()
 	url := fmt.Sprintf("https://a.test:%d/", g.HTTPSPort)
-	wantAltSvc := fmt.Sprintf(`h3=":%d"`, g.HTTPSPort)
-	checkAltSvc := func(t *testing.T, resp *http.Response) {
-		t.Helper()
-		vals := resp.Header.Values("Alt-Svc")
-		if len(vals) != 1 {
-			t.Errorf("Alt-Svc header values = %q, want exactly one containing %s", vals, wantAltSvc)
-			return
-		}
-		if !strings.Contains(vals[0], wantAltSvc) || strings.Count(vals[0], "h3=") != 1 {
-			t.Errorf("Alt-Svc = %q, want one h3 entry %s", vals[0], wantAltSvc)
-		}
-	}
 	t.Run("http1.1", func(t *testing.T) {
 		tr := tlsTransport(g.HTTPSPort, "a.test", p.Roots, false)
 		defer tr.CloseIdleConnections()
@@ -43,7 +37,7 @@ func checkServesA(t *testing.T, g *tlsGateway, p *pebbleCA) {
 		if resp.StatusCode != http.StatusOK || body != "hello a\n" || resp.ProtoMajor != 1 {
 			t.Errorf("h1 GET %s = %d %q over %s, want 200 %q over HTTP/1.1", url, resp.StatusCode, body, resp.Proto, "hello a\n")
 		}
-		checkAltSvc(t, resp)
+		checkAltSvc(t, resp, g.HTTPSPort)
 	})
 	t.Run("http2", func(t *testing.T) {
 		tr := tlsTransport(g.HTTPSPort, "a.test", p.Roots, true)
@@ -55,7 +49,7 @@ func checkServesA(t *testing.T, g *tlsGateway, p *pebbleCA) {
 		if resp.StatusCode != http.StatusOK || body != "hello a\n" {
 			t.Errorf("h2 GET %s = %d %q, want 200 %q", url, resp.StatusCode, body, "hello a\n")
 		}
-		checkAltSvc(t, resp)
+		checkAltSvc(t, resp, g.HTTPSPort)
 	})
 	t.Run("http3", func(t *testing.T) {
 		resp, body := httpsGet(t, h3Transport(t, g.HTTPSPort, "a.test", p.Roots), url, "")
@@ -65,14 +59,33 @@ func checkServesA(t *testing.T, g *tlsGateway, p *pebbleCA) {
 	})
 }
 
+// checkAltSvc asserts resp carries exactly one Alt-Svc value, advertising
+// h3 on port.
+func checkAltSvc(t *testing.T, resp *http.Response, port int) {
+	t.Helper()
+	want := fmt.Sprintf(`h3=":%d"`, port)
+	vals := resp.Header.Values("Alt-Svc")
+	if len(vals) != 1 {
+		t.Errorf("Alt-Svc header values = %q, want exactly one containing %s", vals, want)
+		return
+	}
+	if !strings.Contains(vals[0], want) || strings.Count(vals[0], "h3=") != 1 {
+		t.Errorf("Alt-Svc = %q, want one h3 entry %s", vals[0], want)
+	}
+}
+
 // obtainA waits for the gateway to serve a Pebble-issued certificate for
-// a.test and checks that the challenge of the wanted type was used.
+// a.test, checks that only the wanted challenge type was used, and returns
+// the certificate's serial.
 func obtainA(t *testing.T, g *tlsGateway, p *pebbleCA, wantChallenge string) (serial string) {
 	t.Helper()
 	cs := waitCert(t, g, "a.test", p.Roots)
 	leaf := checkChain(t, cs, "a.test", p.Root)
 	if got := p.OrdersFor("a.test"); got < 1 {
 		t.Errorf("Pebble saw %d orders for a.test, want at least 1", got)
+	}
+	if k, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+		t.Errorf("a.test certificate key is %T (%s), want ECDSA P-256 by default", leaf.PublicKey, leaf.PublicKeyAlgorithm)
 	}
 	if got := p.ChallengeTypes(); !slices.Equal(got, []string{wantChallenge}) {
 		t.Errorf("challenge types answered = %v, want only [%s] (acme.challenges)", got, wantChallenge)
@@ -81,11 +94,20 @@ func obtainA(t *testing.T, g *tlsGateway, p *pebbleCA, wantChallenge string) (se
 }
 
 // TestACMEHTTP01 obtains a certificate through HTTP-01 against Pebble and
-// serves it over h1, h2 and h3; plain HTTP redirects to HTTPS.
+// serves it over h1, h2 and h3 with one Alt-Svc (a backend's own Alt-Svc is
+// replaced); plain HTTP redirects to HTTPS keeping path and query.
 func TestACMEHTTP01(t *testing.T) {
 	t.Parallel()
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Alt-Svc", `h3=":1"; ma=60`)
+		io.WriteString(w, "from backend\n")
+	})
 	start := time.Now()
-	g, p := startACMEGateway(t, "[http-01]", "", "sites:"+siteA)
+	g, p := startACMEGateway(t, "[http-01]", "", "sites:"+siteA+fmt.Sprintf(`
+  - hosts: [be.a.test]
+    tls: auto
+    routes: [{path: /, upstream: [%s]}]
+`, be.URL))
 	t.Logf("http_port accepted %v after start", time.Since(start))
 
 	t.Run("redirect", func(t *testing.T) {
@@ -100,6 +122,26 @@ func TestACMEHTTP01(t *testing.T) {
 	})
 	obtainA(t, g, p, "http-01")
 	checkServesA(t, g, p)
+	t.Run("TLS 1.1 refused", func(t *testing.T) {
+		cfg := &tls.Config{ServerName: "a.test", RootCAs: p.Roots, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
+		if c, err := d.Dial("tcp", g.HTTPSAddr()); err == nil {
+			c.Close()
+			t.Errorf("a TLS 1.1 handshake succeeded, want TLS 1.2 or later only")
+		}
+	})
+	t.Run("backend Alt-Svc replaced", func(t *testing.T) {
+		waitCert(t, g, "be.a.test", p.Roots)
+		for _, h2 := range []bool{false, true} {
+			tr := tlsTransport(g.HTTPSPort, "be.a.test", p.Roots, h2)
+			resp, body := httpsGet(t, tr, fmt.Sprintf("https://be.a.test:%d/", g.HTTPSPort), "")
+			tr.CloseIdleConnections()
+			if resp.StatusCode != http.StatusOK || body != "from backend\n" {
+				t.Errorf("GET be.a.test over %s = %d %q, want 200 from the backend", resp.Proto, resp.StatusCode, body)
+			}
+			checkAltSvc(t, resp, g.HTTPSPort)
+		}
+	})
 }
 
 // TestACMETLSALPN01 obtains a certificate through TLS-ALPN-01 only.
@@ -197,6 +239,16 @@ func TestACMECADownAtStartup(t *testing.T) {
 				cs.PeerCertificates[0].DNSNames)
 		}
 	}
+	// The outage is logged, naming the CA or the name it could not get.
+	caHost := strings.TrimSuffix(strings.TrimPrefix(p.DirURL, "https://"), "/dir")
+	g.WaitLog(15*time.Second, "at WARN or ERROR about the unreachable CA", func(m map[string]any) bool {
+		lvl, _ := m["level"].(string)
+		if lvl != "WARN" && lvl != "ERROR" {
+			return false
+		}
+		b, _ := json.Marshal(m)
+		return strings.Contains(string(b), caHost) || strings.Contains(string(b), "b.test")
+	})
 	// The process is still up and still serving a.test.
 	if g.Exited() {
 		t.Fatalf("gateway exited (code %d) with the CA down", g.Cmd.ProcessState.ExitCode())

@@ -5,6 +5,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,8 +47,8 @@ func TestOnDemandTLS(t *testing.T) {
 	if n := p.OrdersFor(okName); n != 1 {
 		t.Errorf("Pebble saw %d orders for %s, want exactly 1", n, okName)
 	}
-	if ask.Asked(okName) == 0 {
-		t.Errorf("the ask endpoint was never asked about %s", okName)
+	if n := ask.Asked(okName); n != 1 {
+		t.Errorf("the ask endpoint was asked %d times about %s, want 1", n, okName)
 	}
 	cs, err = handshake(g.HTTPSAddr(), okName, p.Roots, 10*time.Second)
 	if err != nil {
@@ -66,6 +69,13 @@ func TestOnDemandTLS(t *testing.T) {
 	}
 	if ask.Asked(noName) == 0 {
 		t.Errorf("the ask endpoint was never asked about %s", noName)
+	}
+	// The denial is cached: a second handshake fails without asking again.
+	if _, err := handshake(g.HTTPSAddr(), noName, nil, 10*time.Second); err == nil {
+		t.Errorf("second handshake for denied %s succeeded; want it to fail", noName)
+	}
+	if n := ask.Asked(noName); n != 1 {
+		t.Errorf("the ask endpoint was asked %d times about %s after two handshakes, want 1 (answers are cached)", n, noName)
 	}
 	if n := p.OrdersFor(noName); n != 0 {
 		t.Errorf("Pebble saw %d orders for denied %s, want 0", n, noName)
@@ -138,5 +148,34 @@ func TestOnDemandTLS(t *testing.T) {
 
 	if g.Exited() {
 		t.Fatalf("gateway exited (code %d) during the on-demand test", g.Cmd.ProcessState.ExitCode())
+	}
+}
+
+// TestOnDemandRequiresAsk: an on_demand site without on_demand.ask is a
+// config error, for validate and for run.
+func TestOnDemandRequiresAsk(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global:
+  listen: 127.0.0.1
+  http_port: %d
+  https_port: %d
+  admin: "off"
+  data_dir: ./data
+sites:
+  - hosts: ["*.ondemand.test"]
+    tls: on_demand
+    routes: [{path: /, respond: {body: "on demand\n"}}]
+`, freePort(t), freeTCPUDPPort(t))
+	if err := os.WriteFile(filepath.Join(dir, "g.yaml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"validate", "run"} {
+		stdout, stderr, code := runCLI(t, dir, nil, cmd, "--config", "g.yaml")
+		if code != 1 {
+			t.Errorf("gatehouse %s of an on_demand site without ask: exit code %d, want 1\nstdout: %s\nstderr: %s", cmd, code, stdout, stderr)
+		} else if out := stdout + stderr; !strings.Contains(out, "ask") || !strings.Contains(out, "g.yaml:") {
+			t.Errorf("gatehouse %s of an on_demand site without ask printed %q, want a FILE:LINE:COL error naming ask", cmd, out)
+		}
 	}
 }

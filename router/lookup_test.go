@@ -83,23 +83,33 @@ func TestLookup(t *testing.T) {
 	}
 }
 
+// An absolute-form target with no path ("GET http://example.com HTTP/1.1")
+// is routed as "/".
+func TestLookupEmptyPathIsRoot(t *testing.T) {
+	t.Parallel()
+	tbl := lookupTable(t)
+	r := &http.Request{Method: http.MethodGet, Host: "example.com", URL: &url.URL{Scheme: "http", Host: "example.com"}, Header: http.Header{}}
+	if rt, status := tbl.Lookup(r); rt == nil || status != 0 || rt.Config.Path != "/" {
+		t.Fatalf("Lookup = %s, %d; want the / route", tag(rt), status)
+	}
+}
+
 func TestLookupBadRequests(t *testing.T) {
 	t.Parallel()
 	tbl := lookupTable(t)
 	tests := []struct {
-		name string
-		url  *url.URL
+		name, method string
+		url          *url.URL
 	}{
-		{"nil URL", nil},
-		{"empty path", &url.URL{}},
-		{"relative path", &url.URL{Path: "a/b"}},
-		{"star without OPTIONS", &url.URL{Path: "*"}},
-		{"CONNECT authority form", &url.URL{Host: "example.com:443"}},
+		{"nil URL", http.MethodGet, nil},
+		{"relative path", http.MethodGet, &url.URL{Path: "a/b"}},
+		{"star without OPTIONS", http.MethodGet, &url.URL{Path: "*"}},
+		{"CONNECT authority form", http.MethodConnect, &url.URL{Host: "example.com:443"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := &http.Request{Method: http.MethodGet, Host: "example.com", URL: tt.url, Header: http.Header{}}
+			r := &http.Request{Method: tt.method, Host: "example.com", URL: tt.url, Header: http.Header{}}
 			if rt, status := tbl.Lookup(r); rt != nil || status != http.StatusBadRequest {
 				t.Errorf("Lookup = %s, %d; want nil, 400", tag(rt), status)
 			}

@@ -15,8 +15,9 @@ func hasSegmentPrefix(path, base string) bool {
 }
 
 // requestPath returns the cleaned path that r is routed on, or false when the
-// path is unacceptable (400): empty, not starting with "/", containing a NUL
-// byte, or climbing above "/". "OPTIONS *" is routed as "/".
+// path is unacceptable (400): not starting with "/", containing a NUL byte,
+// or climbing above "/". "OPTIONS *" and an empty path (absolute-form
+// request target) are routed as "/"; CONNECT without a path is a 400.
 func requestPath(r *http.Request) (string, bool) {
 	if r.URL == nil {
 		return "", false
@@ -24,6 +25,9 @@ func requestPath(r *http.Request) (string, bool) {
 	p := r.URL.Path
 	if p == "*" && r.Method == http.MethodOptions {
 		return "/", true
+	}
+	if p == "" && r.Method != http.MethodConnect {
+		return "/", true // absolute-form "GET http://host HTTP/1.1": an empty path is "/" (RFC 9112 §3.2.2)
 	}
 	if p == "" || p[0] != '/' || strings.IndexByte(p, 0) >= 0 {
 		return "", false

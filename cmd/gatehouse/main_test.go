@@ -25,6 +25,8 @@ func TestProxyConfig(t *testing.T) {
 		{"a:1", nil, "", 0, nil, "--to is required"},
 		{"a:99999", []string{"b:1"}, "", 0, nil, "bad port"},
 		{"a:1", []string{"http://"}, "", 0, nil, "want host:port or a URL"},
+		{"a:1", []string{"http://h:1/x"}, "", 0, nil, "no path"},
+		{"a:1", []string{"ftp://h:1"}, "", 0, nil, "scheme must be"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.from, func(t *testing.T) {
@@ -76,6 +78,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{[]string{"run", "--log-level", "loud", "--config", "x.yaml"}, exitUsage},
 		{[]string{"validate", "--config", "/nonexistent/gatehouse.yaml"}, exitFail},
 		{[]string{"--help"}, exitOK},
+		{[]string{"validate", "--log-level", "debug", "--config", "/nonexistent/x.yaml"}, exitFail},
 		{[]string{"run", "--help"}, exitOK},
 		{[]string{"version"}, exitOK},
 	}

@@ -86,6 +86,12 @@ func proxyConfig(from string, to []string) ([]byte, error) {
 		if err != nil || pu.Host == "" {
 			return nil, fmt.Errorf("--to %q: want host:port or a URL", t)
 		}
+		switch {
+		case pu.Scheme != "http" && pu.Scheme != "https" && pu.Scheme != "h2c":
+			return nil, fmt.Errorf("--to %q: scheme must be http, https or h2c", t)
+		case (pu.Path != "" && pu.Path != "/") || pu.RawQuery != "" || pu.Fragment != "" || pu.User != nil:
+			return nil, fmt.Errorf("--to %q: give only scheme://host:port (no path, query or credentials)", t)
+		}
 		backends = append(backends, u)
 	}
 	doc := map[string]any{

@@ -65,29 +65,39 @@ func serve(cfg *config.Config, reload func() (*config.Config, error), log *slog.
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if reload != nil {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-					log.Info("reloading config (SIGHUP)")
-					next, err := reload()
-					if err == nil {
-						err = srv.Reload(next)
-					}
-					if err != nil {
-						logConfigError(log, err)
-						log.Error("reload failed; the previous config keeps serving")
-					}
+	go func() {
+		// After the first SIGINT/SIGTERM, restore the default action so a
+		// second one ends the process at once instead of waiting for the drain.
+		<-ctx.Done()
+		stop()
+	}()
+	// SIGHUP is always caught: with nothing to reload it must not kill the
+	// process (its default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if reload == nil {
+					log.Warn("SIGHUP ignored: this config was not read from a file, so there is nothing to reload")
+					continue
+				}
+				log.Info("reloading config (SIGHUP)")
+				next, err := reload()
+				if err == nil {
+					err = srv.Reload(next)
+				}
+				if err != nil {
+					logConfigError(log, err)
+					log.Error("reload failed; the previous config keeps serving")
 				}
 			}
-		}()
-	}
+		}
+	}()
 	if err := srv.Serve(ctx); err != nil {
 		log.Error("serving failed", "error", err.Error())
 		return exitFail

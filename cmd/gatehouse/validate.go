@@ -4,13 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 
+	"github.com/gatehouse-proxy/gatehouse/edge"
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 )
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("validate", "--config FILE", stderr)
 	path := configFlag(fs)
+	_ = logLevelFlag(fs) // accepted like every command's; validate prints plain lines
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -21,8 +24,10 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := config.Load(*path)
 	if err == nil {
-		if u := cfg.Unsupported(); len(u) > 0 {
-			err = u
+		// The last check: build everything `run` would build, without listening.
+		var rt *edge.Runtime
+		if rt, err = edge.NewRuntime(cfg, slog.New(slog.DiscardHandler)); err == nil {
+			rt.Close()
 		}
 	}
 	if err != nil {

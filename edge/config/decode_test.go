@@ -75,6 +75,7 @@ func TestMoreErrors(t *testing.T) {
 			"name.yaml:4:67: rise must be at least 1, got 0"}},
 		{"etcd", "global: {storage: {etcd: {prefix: x}}}\n" + okSite, []string{
 			"name.yaml:1:26: etcd needs at least one endpoint",
+			"name.yaml:1:26: storage.etcd is not available in this build yet; remove it to keep certificates in data_dir",
 			`name.yaml:1:35: etcd prefix must start with "/", got "x"`}},
 		{"no cascade after a type error", "sites:\n  - hosts: a.example\n    routes: {path: /}\n", []string{
 			`name.yaml:2:12: expected a list, got "a.example"`,

@@ -72,11 +72,15 @@ func parse(name string, data []byte, lookup func(string) (string, bool)) (*Confi
 	}
 	d.applyDefaults(cfg)
 	d.validate(cfg)
+	d.validateFiles(cfg)
+	cfg.src = d.unsupportedPositions(cfg)
 	if len(d.list) > 0 {
+		// Report what this build cannot serve together with the other
+		// problems, so one run of `validate` shows everything.
+		d.list = append(d.list, cfg.Unsupported()...)
 		return nil, d.sorted()
 	}
 	cfg.Warnings = d.warnings(cfg)
-	cfg.src = d.unsupportedPositions(cfg)
 	return cfg, nil
 }
 

@@ -217,7 +217,7 @@ upstreams:
     timeouts: {dial: 0, idle: 1.5m}
 sites:
   - hosts: ["Example.COM:8080", "[::1]:8080", "*.Wild.example", "*", "10.0.0.1:80", "trailing.example."]
-    tls: {cert: c.pem, key: k.pem}
+    tls: {cert: testdata/c.pem, key: testdata/k.pem}
     routes:
       - path: /a
         upstream: [http://127.0.0.1:3000, "https://[::1]:3001"]
@@ -256,7 +256,7 @@ sites:
 	if want := []string{"example.com", "::1", "*.wild.example", "*", "10.0.0.1", "trailing.example"}; !slices.Equal(s.Hosts, want) {
 		t.Errorf("hosts = %q, want %q", s.Hosts, want)
 	}
-	if s.TLS != (TLS{Mode: TLSManual, Cert: "c.pem", Key: "k.pem"}) {
+	if s.TLS != (TLS{Mode: TLSManual, Cert: "testdata/c.pem", Key: "testdata/k.pem"}) {
 		t.Errorf("tls = %+v", s.TLS)
 	}
 	inline := s.Routes[0].Upstream

@@ -37,3 +37,46 @@ func TestTLSSiteRules(t *testing.T) {
 		})
 	}
 }
+
+func TestReviewedRules(t *testing.T) {
+	t.Parallel()
+	site := func(route string) string {
+		return "sites: [{hosts: [a.example], tls: off, routes: [" + route + "]}]"
+	}
+	tests := []struct {
+		name, doc string
+		want      []string // substrings, each must appear; nil = valid
+	}{
+		{"respond 1xx", site("{respond: {status: 103}}"), []string{"respond status must be 200..599, got 103"}},
+		{"body on 204", site("{respond: {status: 204, body: x}}"), []string{"respond status 204 cannot have a body"}},
+		{"encoded path", site("{path: '/caf%C3%A9/', respond: {}}"), []string{"must be written decoded"}},
+		{"dots inside a segment ok", site("{path: /v1..2/, respond: {}}"), nil},
+		{"dot segment", site("{path: /a/./b, respond: {}}"), []string{`"." or ".." segments`}},
+		{"unreadable upstream ca", "upstreams: {s: {backends: [{url: 'https://b'}], tls: {ca: /nonexistent/ca.pem}}}\n" + site("{upstream: s}"),
+			[]string{`t.yaml:1:59: upstream tls ca "/nonexistent/ca.pem" cannot be read`}},
+		{"unreadable ca_root", "global: {acme: {ca_root: /nonexistent/root.pem}}\n" + site("{respond: {}}"),
+			[]string{`acme ca_root "/nonexistent/root.pem" cannot be read`}},
+		{"unsupported reported with other errors", site("{static: {root: .}}, {path: /x, upstream: nope}"),
+			[]string{"static routes are not available in this build yet", `unknown upstream "nope"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Parse("t.yaml", []byte(tt.doc))
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"os"
 	"fmt"
 	"net"
 	"net/netip"
@@ -287,8 +289,10 @@ func (d *decoder) checkPath(r *Route) bool {
 	switch {
 	case !strings.HasPrefix(p, "/"):
 		why = `must start with "/"`
-	case strings.Contains(p, ".."):
-		why = `must not contain ".."`
+	case slices.Contains(strings.Split(p, "/"), "..") || slices.Contains(strings.Split(p, "/"), "."):
+		why = `must not contain "." or ".." segments`
+	case strings.Contains(p, "%"):
+		why = `must be written decoded (requests are matched on their decoded path): use "/café/" rather than "/caf%C3%A9/"`
 	case strings.Contains(p, "//"):
 		why = `must not contain "//"`
 	case strings.ContainsAny(p, "?#"):
@@ -329,8 +333,11 @@ func (d *decoder) validateRoute(cfg *Config, s *Site, r *Route, names []string) 
 		d.resolveUpstream(cfg, s, r, names)
 	}
 	if rs := r.Respond; rs != nil {
-		if rs.Status < 100 || rs.Status > 599 || rs.Status == 101 {
-			d.add(d.pos(&rs.Status), "respond status must be 100..599 (not 101), got %d", rs.Status)
+		if rs.Status < 200 || rs.Status > 599 {
+			d.add(d.pos(&rs.Status), "respond status must be 200..599, got %d", rs.Status)
+		}
+		if rs.Body != "" && (rs.Status == 204 || rs.Status == 304) {
+			d.add(d.pos(&rs.Body), "respond status %d cannot have a body", rs.Status)
 		}
 		for name, v := range rs.Headers {
 			if !validHeaderName(name) {
@@ -494,4 +501,36 @@ func localName(h string) bool {
 		}
 	}
 	return false
+}
+
+// checkReadable reports a file that cannot be read, at the value's position.
+func (d *decoder) checkReadable(ptr *string, what string, parent any) {
+	if *ptr == "" {
+		return
+	}
+	f, err := os.Open(*ptr)
+	if err != nil {
+		d.add(d.pos(ptr, parent), "%s %q cannot be read: %s", what, *ptr, errors.Unwrap(err))
+		return
+	}
+	f.Close()
+}
+
+// validateFiles checks that every file the config names can be read, so
+// `validate` catches what `run` would otherwise only find at startup.
+func (d *decoder) validateFiles(cfg *Config) {
+	g := &cfg.Global
+	d.checkReadable(&g.ACME.CARoot, "acme ca_root", &g.ACME)
+	if f := g.ACME.Fallback; f != nil {
+		d.checkReadable(&f.CARoot, "acme fallback ca_root", f)
+	}
+	for _, u := range cfg.Upstreams {
+		d.checkReadable(&u.TLS.CA, "upstream tls ca", u)
+	}
+	for _, s := range cfg.Sites {
+		if s.TLS.Mode == TLSManual {
+			d.checkReadable(&s.TLS.Cert, "tls cert", &s.TLS)
+			d.checkReadable(&s.TLS.Key, "tls key", &s.TLS)
+		}
+	}
 }
