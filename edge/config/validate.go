@@ -2,11 +2,11 @@ package config
 
 import (
 	"errors"
-	"os"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
