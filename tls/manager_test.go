@@ -170,11 +170,18 @@ sites:
 
 func TestManualCertificateMissingIsAnError(t *testing.T) {
 	t.Parallel()
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	writeSelfSigned(t, certPath, keyPath, "m.example", 1)
 	cfg, err := config.Parse("t.yaml", []byte(`
 global: {data_dir: `+t.TempDir()+`}
-sites: [{hosts: [m.example], tls: {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}, routes: [{respond: {}}]}]
+sites: [{hosts: [m.example], tls: {cert: `+certPath+`, key: `+keyPath+`}, routes: [{respond: {}}]}]
 `))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The files vanish between validation and start (validation checks them too).
+	if err := os.Remove(certPath); err != nil {
 		t.Fatal(err)
 	}
 	m, err := NewManager(cfg, quietLog())
@@ -182,7 +189,7 @@ sites: [{hosts: [m.example], tls: {cert: /nonexistent/c.pem, key: /nonexistent/k
 		t.Fatal(err)
 	}
 	defer m.Stop()
-	if err := m.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "/nonexistent/c.pem") {
+	if err := m.Start(context.Background()); err == nil || !strings.Contains(err.Error(), certPath) {
 		t.Fatalf("Start = %v, want an error naming the file", err)
 	}
 }
