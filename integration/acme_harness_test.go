@@ -169,6 +169,20 @@ type pebbleCA struct {
 // TLS-ALPN-01 on tlsPort of whatever its own DNS server resolves (127.0.0.1).
 func newPebble(t testing.TB, httpPort, tlsPort int) *pebbleCA {
 	t.Helper()
+	return newPebbleWith(t, httpPort, tlsPort, pebbleOptions{})
+}
+
+// pebbleOptions changes how newPebbleWith configures Pebble; the zero value
+// is what newPebble uses.
+type pebbleOptions struct {
+	// RequireEAB makes new accounts need an External Account Binding with
+	// a key registered through AddEABKey.
+	RequireEAB bool
+}
+
+// newPebbleWith is newPebble with options.
+func newPebbleWith(t testing.TB, httpPort, tlsPort int, opts pebbleOptions) *pebbleCA {
+	t.Helper()
 	pebbleEnvOnce.Do(func() {
 		// Read by va.New and wfe.New; never PEBBLE_VA_ALWAYS_VALID.
 		os.Setenv("PEBBLE_VA_NOSLEEP", "1")
@@ -186,7 +200,7 @@ func newPebble(t testing.TB, httpPort, tlsPort int) *pebbleCA {
 	profiles := map[string]ca.Profile{"default": {Description: "default"}}
 	caImpl := ca.New(logger, p.db, "", "ecdsa", 0, 1, profiles)
 	vaImpl := va.New(logger, httpPort, tlsPort, false, resolver, p.db)
-	w := wfe.New(logger, p.db, vaImpl, caImpl, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
+	w := wfe.New(logger, p.db, vaImpl, caImpl, []string{"pebble.letsencrypt.org"}, false, opts.RequireEAB, 0, 0)
 
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "test/certs/localhost/cert.pem"),
 		filepath.Join(dir, "test/certs/localhost/key.pem"))
@@ -224,6 +238,15 @@ func newPebble(t testing.TB, httpPort, tlsPort int) *pebbleCA {
 	}
 	p.fetchRoot(minica)
 	return p
+}
+
+// AddEABKey registers an External Account Binding key: macKey is the
+// unpadded base64url HMAC key, as a CA hands it out.
+func (p *pebbleCA) AddEABKey(keyID, macKey string) {
+	p.t.Helper()
+	if err := p.db.AddExternalAccountKeyByID(keyID, macKey); err != nil {
+		p.t.Fatalf("registering EAB key %q with Pebble: %v", keyID, err)
+	}
 }
 
 // fetchRoot reads the issuing root from the management interface.
