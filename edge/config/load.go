@@ -217,6 +217,8 @@ func (d *decoder) applyDefaults(cfg *Config) {
 			if r.Redirect != nil {
 				intDefault(d, &r.Redirect.Status, 308)
 			}
+			durationDefault(d, &r.WebSocket.IdleTimeout, 10*time.Minute)
+			intDefault(d, &r.WebSocket.MaxTunnels, 10000)
 		}
 	}
 }

@@ -206,6 +206,15 @@ type Route struct {
 	Respond     *Respond     `yaml:"respond"`
 	Redirect    *Redirect    `yaml:"redirect"`
 	Static      *Static      `yaml:"static"`
+	// WebSocket tunes WebSocket tunnels on a proxied route (upgrades pass
+	// through every proxied route; this only changes their limits).
+	WebSocket WebSocket `yaml:"websocket"`
+}
+
+// WebSocket limits the WebSocket tunnels of one route.
+type WebSocket struct {
+	IdleTimeout Duration `yaml:"idle_timeout"` // default 10m: a tunnel with no traffic either way is closed
+	MaxTunnels  int      `yaml:"max_tunnels"`  // default 10000: concurrent tunnels; over it new upgrades get 503
 }
 
 // UpstreamRef is a route's `upstream:` value: a pool name, or an inline list

@@ -326,6 +326,12 @@ func (d *decoder) validateRoute(cfg *Config, s *Site, r *Route, names []string) 
 	case len(actions) > 1:
 		d.add(d.pos(r), "route has more than one action: %s", strings.Join(actions[:len(actions)-1], ", ")+" and "+actions[len(actions)-1])
 	}
+	if r.WebSocket.MaxTunnels < 1 {
+		d.add(d.pos(&r.WebSocket.MaxTunnels, &r.WebSocket, r), "websocket max_tunnels must be at least 1, got %d", r.WebSocket.MaxTunnels)
+	}
+	if r.WebSocket.IdleTimeout <= 0 {
+		d.add(d.pos(&r.WebSocket.IdleTimeout, &r.WebSocket, r), "websocket idle_timeout must be more than 0")
+	}
 	if r.StripPrefix && r.Upstream == nil && !d.failed(&r.Upstream) {
 		d.add(d.pos(&r.StripPrefix), "strip_prefix needs an upstream")
 	}
