@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 )
 
@@ -36,13 +37,15 @@ type proxy struct {
 
 // NewProxy returns the http.Handler that forwards requests to pool: it picks
 // a backend (smooth weighted round-robin, failing over on dial errors),
-// cleans hop-by-hop headers both ways, sets X-Forwarded-For/-Proto/-Host,
-// X-Real-IP and Via, keeps the client's Host (unless the pool sets
-// host_header), the escaped path and the raw query, streams bodies without
-// buffering, flushes event streams and unknown-length responses at once,
-// relays trailers and 1xx responses, and maps failures to 502, 504 or 499
-// with a short plain-text body (details go to opts.Logger only). A failure
-// after the response header was sent aborts the client connection
+// cleans hop-by-hop headers both ways (1xx responses included), sets
+// X-Forwarded-For/-Proto/-Host, X-Real-IP and Via on requests and Via on
+// responses, keeps the client's Host (unless the pool sets host_header) and
+// the escaped path, forwards the query as ReverseProxy cleans it
+// (byte-identical unless it is malformed; see rewrite), streams bodies
+// without buffering, flushes event streams and unknown-length responses at
+// once, relays trailers and 1xx responses, and maps failures to 502, 504 or
+// 499 with a short plain-text body (details go to opts.Logger only). A
+// failure after the response header was sent aborts the client connection
 // (panic(http.ErrAbortHandler), which net/http recovers).
 //
 // pool must not be nil. The handler is safe for concurrent use; it never
@@ -76,14 +79,45 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.upgrade(w, r)
 		return
 	}
-	p.rp.ServeHTTP(w, r)
+	p.rp.ServeHTTP(&informationalWriter{ResponseWriter: w}, r)
 }
+
+// informationalWriter is the ResponseWriter ReverseProxy writes to. It
+// cleans 1xx responses, which ReverseProxy relays from an httptrace
+// Got1xxResponse hook (copying the backend's header into Header() and
+// calling WriteHeader) without ever showing them to ModifyResponse: before a
+// 1xx (other than 101) goes out, hop-by-hop fields and Alt-Svc are removed,
+// as modifyResponse does for the final response. Everything else passes
+// through: Header() is the underlying map (ReverseProxy writes trailers into
+// it after the body), and flushing and hijacking are reached through Unwrap,
+// which is how ReverseProxy asks for them (http.NewResponseController).
+type informationalWriter struct {
+	http.ResponseWriter
+}
+
+func (w *informationalWriter) WriteHeader(code int) {
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		h := w.ResponseWriter.Header()
+		RemoveHopHeaders(h)
+		delete(h, "Alt-Svc")
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.NewResponseController reach Flush, Hijack and deadlines.
+func (w *informationalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // rewrite turns the clone ReverseProxy made of the client's request into the
 // request for the backend. ReverseProxy has already removed hop-by-hop
 // headers and Forwarded/X-Forwarded-*, re-added "TE: trailers" if the client
-// sent it, and re-encoded an odd query; the forwarder fills in the
-// backend's scheme and host per attempt.
+// sent it, and cleaned the query; the forwarder fills in the backend's
+// scheme and host per attempt.
+//
+// The query is left as ReverseProxy cleaned it (the fix for CVE-2022-2880):
+// a query with a semicolon or a malformed %-escape anywhere (or more than
+// 10000 parameters) is parsed and re-encoded, dropping the pieces that do not
+// parse, so that Gatehouse and the backend cannot read different parameters
+// from one query string. Any other query reaches the backend byte-identical.
 func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	// Ours is the authoritative cleaning (ReverseProxy re-adds Connection and
@@ -93,7 +127,6 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	u := out.URL
 	u.Scheme, u.Host, u.User, u.Fragment, u.RawFragment = "http", "", nil, "", ""
 	u.Path, u.RawPath = in.URL.Path, in.URL.RawPath // backend URLs have no path
-	u.RawQuery, u.ForceQuery = in.URL.RawQuery, in.URL.ForceQuery
 	if u.Path == "" && u.Opaque == "" {
 		u.Path = "/"
 	}
@@ -113,13 +146,20 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 
 // modifyResponse cleans a backend response before it is copied to the
 // client: hop-by-hop headers and Alt-Svc (the backend's alternative services
-// are not ours) go; Server and everything else stay.
+// are not ours) go; Server and everything else stay. Our Via entry, with the
+// version of the backend's response, is appended to any Via the backend
+// sent (RFC 9110 §7.6.3). (1xx responses are cleaned by informationalWriter.)
 func (p *proxy) modifyResponse(res *http.Response) error {
 	if res.StatusCode == http.StatusSwitchingProtocols && p.upgrade == nil {
 		return errUnexpectedUpgrade
 	}
 	RemoveHopHeaders(res.Header)
 	delete(res.Header, "Alt-Svc")
+	via := viaEntry(res.ProtoMajor, res.ProtoMinor)
+	if prior := res.Header["Via"]; len(prior) > 0 {
+		via = strings.Join(prior, ", ") + ", " + via
+	}
+	res.Header["Via"] = []string{via}
 	return nil
 }
 

@@ -145,8 +145,8 @@ func TestRequestHeaders(t *testing.T) {
 			},
 		},
 		{
-			name:   "escaped path and raw query kept, no default User-Agent",
-			target: "/a%2Fb/c%20d;p?x=1&y=%zz;z&x=%41",
+			name:   "escaped path and well-formed raw query kept, no default User-Agent",
+			target: "/a%2Fb/c%20d;p?x=1&y=%7a+z&x=%41&e=",
 			host:   "example.com",
 			want:   want{"User-Agent": nil},
 		},

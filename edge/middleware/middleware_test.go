@@ -152,3 +152,91 @@ func TestWritersUnwrapForFlush(t *testing.T) {
 		t.Fatal("flush did not reach the connection")
 	}
 }
+
+// TestRequestIDResponseHeader checks when the id reaches the response: on the
+// final header however it is sent, never lost to a cleared map or doubled by
+// an added copy, and still there for Recover's 500.
+func TestRequestIDResponseHeader(t *testing.T) {
+	t.Parallel()
+	const id = "req-42"
+	tests := []struct {
+		name     string
+		handler  http.HandlerFunc
+		wantCode int
+	}{
+		{"nothing written", func(w http.ResponseWriter, r *http.Request) {}, http.StatusOK},
+		{"write only", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("x")) }, http.StatusOK},
+		{"flush only", func(w http.ResponseWriter, r *http.Request) {
+			if err := http.NewResponseController(w).Flush(); err != nil {
+				t.Errorf("flush: %v", err)
+			}
+		}, http.StatusOK},
+		{"1xx clears the map, then a copy is added", func(w http.ResponseWriter, r *http.Request) {
+			h := w.Header() // what httputil.ReverseProxy does
+			h.Set("Link", "</a.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			clear(h)
+			h.Add(RequestIDHeader, "from-backend")
+			w.WriteHeader(http.StatusAccepted)
+		}, http.StatusAccepted},
+		{"type-asserted Flusher", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Add(RequestIDHeader, "stale")
+			w.(http.Flusher).Flush()
+		}, http.StatusOK},
+		{"panic before writing", func(w http.ResponseWriter, r *http.Request) { panic("boom") }, http.StatusInternalServerError},
+		{"panic after a 1xx", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusEarlyHints)
+			clear(w.Header())
+			panic("boom")
+		}, http.StatusInternalServerError},
+	}
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewServer(Chain(tc.handler, Recover(log), RequestID(), AccessLog(log, nil)))
+			t.Cleanup(srv.Close)
+			req, _ := http.NewRequest("GET", srv.URL, nil)
+			req.Header.Set(RequestIDHeader, id)
+			res, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != tc.wantCode {
+				t.Errorf("status %d, want %d", res.StatusCode, tc.wantCode)
+			}
+			if got := res.Header.Values(RequestIDHeader); len(got) != 1 || got[0] != id {
+				t.Errorf("X-Request-Id %q, want exactly [%q]", got, id)
+			}
+		})
+	}
+}
+
+func TestRequestIDWriterHijack(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(RequestID()(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		// Like ReverseProxy relaying a 101: the header map is written by hand.
+		res := &http.Response{StatusCode: 299, ProtoMajor: 1, ProtoMinor: 1, Header: h, Close: true}
+		_ = res.Write(brw)
+		_ = brw.Flush()
+	})))
+	t.Cleanup(srv.Close)
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set(RequestIDHeader, "hj-1")
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 299 || res.Header.Get(RequestIDHeader) != "hj-1" {
+		t.Fatalf("got %d %v", res.StatusCode, res.Header)
+	}
+}
