@@ -16,6 +16,7 @@ import (
 	"github.com/gatehouse-proxy/gatehouse/edge/middleware"
 	"github.com/gatehouse-proxy/gatehouse/router"
 	"github.com/gatehouse-proxy/gatehouse/upstream"
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
 
 // Runtime is everything built from one validated config: the router table,
@@ -37,7 +38,15 @@ var ErrUnsupported = errors.New("unsupported configuration")
 
 // NewRuntime builds a Runtime from cfg. It fails on features this build
 // cannot serve (cfg.Unsupported) and on pool or route construction errors.
+// Its WebSocket tunnels are counted in a Registry of its own; a Server
+// shares one Registry across all its Runtimes instead.
 func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
+	return newRuntime(cfg, log, websocket.NewRegistry())
+}
+
+// newRuntime is NewRuntime with the Registry in which every proxied route
+// counts its WebSocket tunnels, under the key routeKey(site, route).
+func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registry) (*Runtime, error) {
 	if errs := cfg.Unsupported(); len(errs) > 0 {
 		return nil, fmt.Errorf("%w:\n%w", ErrUnsupported, errs)
 	}
@@ -56,7 +65,13 @@ func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
 		if pool == nil {
 			return nil, fmt.Errorf("route %s: upstream %q not built", route.Path, route.Upstream.Pool.Name)
 		}
-		return upstream.NewProxy(pool, upstream.Options{Trusted: trusted, Logger: log}), nil
+		return upstream.NewProxy(pool, upstream.Options{
+			Trusted:   trusted,
+			Logger:    log,
+			WebSocket: route.WebSocket,
+			Tunnels:   tunnels,
+			RouteKey:  routeKey(site, route),
+		}), nil
 	})
 	if err != nil {
 		rt.Close()
@@ -69,6 +84,20 @@ func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
 	rt.handler = stack(rt.routeHandler(), log, trusted)
 	rt.httpHandler = stack(rt.plainHTTPHandler(), log, trusted)
 	return rt, nil
+}
+
+// routeKey names a route in the WebSocket Registry: the site's first host
+// and the route's path, as router.Route.Name does. Limits count per key, so
+// they carry over a reload that keeps the route.
+func routeKey(site *config.Site, route *config.Route) string {
+	host, path := "", route.Path
+	if len(site.Hosts) > 0 {
+		host = site.Hosts[0]
+	}
+	if path == "" {
+		path = "/"
+	}
+	return host + path
 }
 
 // stack is the fixed middleware order. It is code, not configuration:

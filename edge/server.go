@@ -17,6 +17,7 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 	gtls "github.com/gatehouse-proxy/gatehouse/tls"
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
 
 // Server owns the listeners, the certificate manager and the current
@@ -26,6 +27,9 @@ type Server struct {
 	log *slog.Logger
 	rt  atomic.Pointer[Runtime]
 	tls *gtls.Manager // nil when every site is tls: off
+	// tunnels holds the WebSocket tunnels of every Runtime this server has
+	// run: they outlive reloads, and shutdown closes them.
+	tunnels *websocket.Registry
 
 	httpSrv, httpsSrv *http.Server
 	h3                *http3.Server
@@ -36,11 +40,12 @@ type Server struct {
 // New builds the first Runtime and the certificate manager from cfg.
 // Nothing listens until Listen and no CA is contacted until Serve.
 func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
-	rt, err := NewRuntime(cfg, log)
+	tunnels := websocket.NewRegistry()
+	rt, err := newRuntime(cfg, log, tunnels)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log}
+	s := &Server{log: log, tunnels: tunnels}
 	s.rt.Store(rt)
 	if needsTLS(cfg) {
 		if s.tls, err = gtls.NewManager(cfg, log); err != nil {
@@ -116,6 +121,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.serveHTTP(w, r)
 }
+
+// Tunnels is the registry of the server's open WebSocket tunnels.
+func (s *Server) Tunnels() *websocket.Registry { return s.tunnels }
 
 // Runtime returns the Runtime serving new requests.
 func (s *Server) Runtime() *Runtime { return s.rt.Load() }
@@ -235,6 +243,11 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // shutdown stops accepting on every listener and lets in-flight requests
 // finish within shutdown_timeout, then closes what remains.
+//
+// WebSocket tunnels are closed at once rather than after Shutdown: they never
+// end by themselves, hijacked HTTP/1.1 ones are invisible to Shutdown and
+// HTTP/2 and HTTP/3 ones would hold it up until the timeout. Closing the
+// Registry also refuses upgrades still arriving (503), so none starts after.
 func (s *Server) shutdown() {
 	timeout := s.rt.Load().Config.Global.ShutdownTimeout.D()
 	s.log.Info("shutting down", "timeout", timeout.String())
@@ -258,7 +271,11 @@ func (s *Server) shutdown() {
 	if s.udp != nil {
 		graceful(s.h3.Shutdown, s.h3.Close)
 	}
+	s.log.Info("closed websocket tunnels", "count", s.tunnels.Close())
 	wg.Wait()
+	if err := s.tunnels.Wait(ctx); err != nil {
+		s.log.Warn("websocket tunnels still winding down", "count", s.tunnels.Count())
+	}
 	if s.udp != nil {
 		_ = s.udp.Close() // http3.Server.Serve does not own a PacketConn it was given
 	}
@@ -270,7 +287,7 @@ func (s *Server) shutdown() {
 // logged.
 func (s *Server) Reload(cfg *config.Config) error {
 	start := time.Now()
-	rt, err := NewRuntime(cfg, s.log)
+	rt, err := newRuntime(cfg, s.log, s.tunnels)
 	if err != nil {
 		return err
 	}

@@ -14,8 +14,9 @@ import (
 // ResponseWriter only so that the access log records it; the client is gone.
 const StatusClientClosedRequest = 499
 
-// errUnexpectedUpgrade rejects a 101 Switching Protocols from a backend
-// while the proxy does not handle upgrades.
+// errUnexpectedUpgrade rejects a 101 Switching Protocols to a request that
+// did not ask for one (only WebSocket handshakes, which do not go through
+// ReverseProxy, keep their Upgrade).
 var errUnexpectedUpgrade = errors.New("upstream: backend switched protocols without being asked")
 
 // dialError marks a failure to connect to a backend: nothing of the request

@@ -405,7 +405,7 @@ func TestUnexpectedSwitchingProtocols502(t *testing.T) {
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, "/ws", nil)
 	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Upgrade", "h2c") // not tunnelled: forwarded without Upgrade
 	NewProxy(pool, quietOptions()).ServeHTTP(rec, req)
 	if rec.Code != http.StatusBadGateway {
 		t.Fatalf("status %d, want 502", rec.Code)

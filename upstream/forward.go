@@ -23,6 +23,14 @@ type forwarder struct {
 }
 
 func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
+	return f.roundTrip(req, false)
+}
+
+// roundTrip is RoundTrip; upgrade sends req (a WebSocket handshake) through
+// each backend's upgrade transport (see Backend.upgradeRT). A 101 response's
+// body is then the backend connection, and the backend's in-flight count
+// drops when it is closed.
+func (f *forwarder) roundTrip(req *http.Request, upgrade bool) (*http.Response, error) {
 	p := f.pool
 	n := len(p.Backends)
 	start := p.pick()
@@ -44,8 +52,12 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		req.URL.Scheme = b.scheme
 		req.URL.Host = b.URL.Host
 
+		rt := b.rt
+		if upgrade {
+			rt = b.upgradeRT
+		}
 		b.inflight.Add(1)
-		res, err := b.rt.RoundTrip(req)
+		res, err := rt.RoundTrip(req)
 		if err == nil {
 			res.Body = trackBody(res, b)
 			return res, nil

@@ -76,15 +76,6 @@ func headerHasToken(values []string, token string) bool {
 	return false
 }
 
-// upgradeType returns the protocol a request or response asks to switch to
-// ("websocket"), or "" when Connection does not list "upgrade".
-func upgradeType(h http.Header) string {
-	if !headerHasToken(h["Connection"], "upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
-}
-
 // setForwardingHeaders sets X-Forwarded-For, X-Forwarded-Proto,
 // X-Forwarded-Host, X-Real-IP and Via on out (the request to the backend)
 // from in (the request received) following the trust rules of t:

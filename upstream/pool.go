@@ -68,6 +68,11 @@ type Backend struct {
 	name   string            // URL for logs, userinfo redacted
 	scheme string            // scheme on the wire: h2c travels as http
 	rt     http.RoundTripper // the pool transport for this backend's scheme
+	// upgradeRT carries WebSocket handshakes: rt itself for http and https
+	// (net/http sends a request with Upgrade: websocket over HTTP/1.1 only,
+	// never offering h2 in ALPN), an HTTP/1.1 transport for h2c backends,
+	// whose prior-knowledge HTTP/2 transport cannot carry an Upgrade.
+	upgradeRT http.RoundTripper
 }
 
 // Inflight is the number of requests currently forwarded to b whose
@@ -145,14 +150,24 @@ func NewPool(u *config.Upstream) (*Pool, error) {
 		h2c = newTransport(u.Timeouts, nil, true)
 		p.transports = append(p.transports, h2c)
 	}
+	// WebSocket handshakes to h2c backends go over HTTP/1.1 on the same
+	// address (servers that speak h2c by prior knowledge, such as Go's with
+	// Protocols HTTP1 and UnencryptedHTTP2, normally speak HTTP/1.1 too):
+	// through the HTTP/1 transport when there is one (its TLS settings apply
+	// only to https URLs), else through one of their own.
+	h2cUpgrade := h1
+	if needH2C && h1 == nil {
+		h2cUpgrade = newTransport(u.Timeouts, nil, false)
+		p.transports = append(p.transports, h2cUpgrade)
+	}
 
 	weights := make([]int, len(u.Backends))
 	for i, cb := range u.Backends {
 		u := *cb.URL
 		u.Path, u.RawPath = "", ""
-		b := &Backend{URL: &u, Weight: max(cb.Weight, 1), name: u.Redacted(), scheme: u.Scheme, rt: h1}
+		b := &Backend{URL: &u, Weight: max(cb.Weight, 1), name: u.Redacted(), scheme: u.Scheme, rt: h1, upgradeRT: h1}
 		if u.Scheme == "h2c" {
-			b.scheme, b.rt = "http", h2c
+			b.scheme, b.rt, b.upgradeRT = "http", h2c, h2cUpgrade
 		}
 		b.healthy.Store(true)
 		p.Backends = append(p.Backends, b)

@@ -6,6 +6,10 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/edge/config"
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
 
 // Options configures NewProxy. The zero value is usable.
@@ -18,7 +22,24 @@ type Options struct {
 	Logger *slog.Logger
 	// The Host sent to backends comes from the pool's configuration
 	// (config.Upstream.HostHeader); "" keeps the client's Host.
+
+	// WebSocket limits the route's WebSocket tunnels. Zero fields take the
+	// configuration defaults: IdleTimeout 10m, MaxTunnels 10000.
+	WebSocket config.WebSocket
+	// Tunnels is where the route's tunnels are counted (MaxTunnels applies
+	// per RouteKey) and from which a server closes them at shutdown or
+	// reload. nil: a Registry of this handler's own, which nobody else can
+	// close.
+	Tunnels *websocket.Registry
+	// RouteKey names the route in Tunnels. "": the pool's name.
+	RouteKey string
 }
+
+// Defaults for a zero config.WebSocket (config.Load fills in the same).
+const (
+	defaultWSIdleTimeout = 10 * time.Minute
+	defaultWSMaxTunnels  = 10000
+)
 
 // proxy is the handler returned by NewProxy.
 type proxy struct {
@@ -26,13 +47,13 @@ type proxy struct {
 	trusted *TrustedProxies
 	log     *slog.Logger
 	rp      *httputil.ReverseProxy
+	fwd     *forwarder
 
-	// upgrade is the seam for protocol upgrades (WebSocket). When non-nil it
-	// serves every request that asks to switch protocols (Connection: upgrade
-	// plus Upgrade). While it is nil, such requests are forwarded as plain
-	// requests with Upgrade and Connection removed, and a backend answering
-	// 101 anyway gets the client a 502.
-	upgrade func(w http.ResponseWriter, r *http.Request)
+	// WebSocket settings (see Options; defaults applied).
+	tunnels    *websocket.Registry
+	routeKey   string
+	wsIdle     time.Duration
+	maxTunnels int
 }
 
 // NewProxy returns the http.Handler that forwards requests to pool: it picks
@@ -48,6 +69,17 @@ type proxy struct {
 // failure after the response header was sent aborts the client connection
 // (panic(http.ErrAbortHandler), which net/http recovers).
 //
+// WebSocket handshakes are passed through (websocket.go): an HTTP/1.1
+// Upgrade: websocket request goes to the backend with Upgrade and
+// Connection: Upgrade kept, and on the backend's 101 the client connection
+// is hijacked and tunnelled to the backend connection; an HTTP/2 or HTTP/3
+// extended CONNECT for websocket is translated into such a handshake. Each
+// tunnel is reserved in opts.Tunnels under opts.RouteKey before the backend
+// is contacted (over opts.WebSocket.MaxTunnels: 503 with Retry-After) and
+// ends after opts.WebSocket.IdleTimeout without traffic. Other upgrades
+// (h2c) are ordinary requests: their Upgrade is hop-by-hop and removed.
+// Any other CONNECT gets 400.
+//
 // pool must not be nil. The handler is safe for concurrent use; it never
 // modifies the incoming request.
 func NewProxy(pool *Pool, opts Options) http.Handler {
@@ -58,10 +90,26 @@ func NewProxy(pool *Pool, opts Options) http.Handler {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &proxy{pool: pool, trusted: opts.Trusted, log: log}
+	p := &proxy{
+		pool: pool, trusted: opts.Trusted, log: log,
+		fwd:        &forwarder{pool: pool, log: log},
+		tunnels:    opts.Tunnels,
+		routeKey:   opts.RouteKey,
+		wsIdle:     durationOr(opts.WebSocket.IdleTimeout, defaultWSIdleTimeout),
+		maxTunnels: opts.WebSocket.MaxTunnels,
+	}
+	if p.tunnels == nil {
+		p.tunnels = websocket.NewRegistry()
+	}
+	if p.routeKey == "" {
+		p.routeKey = pool.Name
+	}
+	if p.maxTunnels <= 0 {
+		p.maxTunnels = defaultWSMaxTunnels
+	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:   p.rewrite,
-		Transport: &forwarder{pool: pool, log: log},
+		Transport: p.fwd,
 		// 0 with ReverseProxy's special cases: text/event-stream and
 		// responses of unknown length (ContentLength -1) flush after every
 		// write; everything else is written through net/http's buffer.
@@ -75,11 +123,14 @@ func NewProxy(pool *Pool, opts Options) http.Handler {
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p.upgrade != nil && upgradeType(r.Header) != "" {
-		p.upgrade(w, r)
-		return
+	switch {
+	case websocket.IsUpgrade(r):
+		p.serveUpgrade(w, r) // HTTP/1.1 WebSocket handshake (websocket.go)
+	case r.Method == http.MethodConnect:
+		p.serveConnect(w, r) // HTTP/2 or HTTP/3 extended CONNECT (websocket.go)
+	default:
+		p.rp.ServeHTTP(&informationalWriter{ResponseWriter: w}, r)
 	}
-	p.rp.ServeHTTP(&informationalWriter{ResponseWriter: w}, r)
 }
 
 // informationalWriter is the ResponseWriter ReverseProxy writes to. It
@@ -120,8 +171,10 @@ func (w *informationalWriter) Unwrap() http.ResponseWriter { return w.ResponseWr
 // from one query string. Any other query reaches the backend byte-identical.
 func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
-	// Ours is the authoritative cleaning (ReverseProxy re-adds Connection and
-	// Upgrade for upgrade requests, which we do not handle yet).
+	// Ours is the authoritative cleaning: ReverseProxy re-adds Connection and
+	// Upgrade for upgrade requests, but the only upgrade Gatehouse performs
+	// (WebSocket) never goes through ReverseProxy, so any other (h2c, TLS/1.0)
+	// is hop-by-hop and goes.
 	RemoveRequestHopHeaders(out.Header)
 
 	u := out.URL
@@ -150,9 +203,16 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 // version of the backend's response, is appended to any Via the backend
 // sent (RFC 9110 §7.6.3). (1xx responses are cleaned by informationalWriter.)
 func (p *proxy) modifyResponse(res *http.Response) error {
-	if res.StatusCode == http.StatusSwitchingProtocols && p.upgrade == nil {
-		return errUnexpectedUpgrade
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		return errUnexpectedUpgrade // nothing that goes through ReverseProxy asks to switch
 	}
+	cleanResponseHeader(res)
+	return nil
+}
+
+// cleanResponseHeader is modifyResponse's cleaning, shared with the
+// WebSocket path.
+func cleanResponseHeader(res *http.Response) {
 	RemoveHopHeaders(res.Header)
 	delete(res.Header, "Alt-Svc")
 	via := viaEntry(res.ProtoMajor, res.ProtoMinor)
@@ -160,7 +220,6 @@ func (p *proxy) modifyResponse(res *http.Response) error {
 		via = strings.Join(prior, ", ") + ", " + via
 	}
 	res.Header["Via"] = []string{via}
-	return nil
 }
 
 // handleError answers a request that could not be forwarded. ReverseProxy

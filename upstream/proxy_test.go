@@ -132,17 +132,37 @@ func TestRequestHeaders(t *testing.T) {
 			want: want{"Te": {"trailers"}},
 		},
 		{
-			name: "upgrade forwarded as a plain request",
+			name: "WebSocket handshake keeps Upgrade and Connection only; a 200 is relayed",
 			setup: func(r *http.Request) {
-				r.Header.Set("Connection", "Upgrade")
+				r.Header.Set("Connection", "keep-alive, Upgrade, X-Hop")
+				r.Header.Set("X-Hop", "1")
+				r.Header.Set("Keep-Alive", "timeout=5")
 				r.Header.Set("Upgrade", "websocket")
 				r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+				r.Header.Set("Sec-WebSocket-Version", "13")
+				r.Header.Set("Sec-WebSocket-Protocol", "chat")
+				r.RemoteAddr = "203.0.113.5:40000"
 			},
 			host: "example.com",
 			want: want{
-				"Connection": nil, "Upgrade": nil,
-				"Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="},
+				"Connection": {"Upgrade"}, "Upgrade": {"websocket"},
+				"X-Hop": nil, "Keep-Alive": nil,
+				"Sec-Websocket-Key":      {"dGhlIHNhbXBsZSBub25jZQ=="},
+				"Sec-Websocket-Version":  {"13"},
+				"Sec-Websocket-Protocol": {"chat"},
+				"X-Forwarded-For":        {"203.0.113.5"},
+				"Via":                    {"1.1 gatehouse"},
 			},
+		},
+		{
+			name: "h2c upgrade is hop-by-hop: stripped",
+			setup: func(r *http.Request) {
+				r.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+				r.Header.Set("Upgrade", "h2c")
+				r.Header.Set("HTTP2-Settings", "AAMAAABkAAQAAP__")
+			},
+			host: "example.com",
+			want: want{"Connection": nil, "Upgrade": nil, "Http2-Settings": nil},
 		},
 		{
 			name:   "escaped path and well-formed raw query kept, no default User-Agent",

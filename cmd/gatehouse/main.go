@@ -17,6 +17,13 @@ import (
 	"os"
 	"runtime"
 	"strings"
+
+	// WebSocket over HTTP/2 (RFC 8441): net/http's HTTP/2 server advertises
+	// and accepts extended CONNECT only with GODEBUG=http2xconnect=1, read
+	// from the environment when net/http initialises; a //go:debug line
+	// cannot set it (the go command rejects the unregistered name). This
+	// import sets it first, unless the operator's GODEBUG already decides.
+	_ "github.com/gatehouse-proxy/gatehouse/websocket/xconnect"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".
