@@ -124,8 +124,21 @@ sites:
 	if _, _, err := c.Read(dctx); err == nil {
 		t.Error("tunnel survived shutdown")
 	}
-	if !strings.Contains(logs.String(), `"msg":"closed websocket tunnels","count":1`) {
-		t.Errorf("no shutdown count in logs:\n%s", logs)
+	// The tunnel's line is written just after its Run returned: poll.
+	var all string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if all = logs.String(); strings.Contains(all, `"msg":"websocket closed"`) {
+			break
+		}
+	}
+	if !strings.Contains(all, `"msg":"closed websocket tunnels","count":1`) {
+		t.Errorf("no shutdown count in logs:\n%s", all)
+	}
+	// The access log has the handshake (101); the tunnel's end has its own
+	// line with the bytes both ways.
+	if !strings.Contains(all, `"path":"/ws","status":101`) || !strings.Contains(all, `"msg":"websocket closed","route":"*/ws"`) ||
+		!strings.Contains(all, `"reason":"closed"`) {
+		t.Errorf("access log or tunnel line missing:\n%s", all)
 	}
 	if n := srv.Tunnels().Count(); n != 0 {
 		t.Errorf("%d tunnels left after Serve returned", n)

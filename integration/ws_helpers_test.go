@@ -62,11 +62,8 @@ type wsBackend struct {
 	Requests atomic.Int64 // requests that reached the handler
 	Active   atomic.Int64 // WebSocket connections being served
 
-	mu      sync.Mutex
-	headers []http.Header // upgrade request headers, in arrival order
-	hosts   []string
-	ends    []error              // final Read error of each echo connection
-	byID    map[string]*wsRecord // by the query parameter id
+	mu   sync.Mutex
+	byID map[string]*wsRecord // by the query parameter id
 }
 
 // wsRecord is what the backend saw of the connection with one id.
@@ -94,8 +91,6 @@ func (b *wsBackend) serve(w http.ResponseWriter, r *http.Request) {
 		Pings: make(chan error, 16), Got: make(chan string, 1)}
 	defer close(rec.Ended)
 	b.mu.Lock()
-	b.headers = append(b.headers, rec.Header)
-	b.hosts = append(b.hosts, r.Host)
 	if id := r.URL.Query().Get("id"); id != "" {
 		b.byID[id] = rec
 	}
@@ -146,7 +141,6 @@ func (b *wsBackend) serve(w http.ResponseWriter, r *http.Request) {
 		typ, data, err := c.Read(ctx)
 		if err != nil {
 			b.mu.Lock()
-			b.ends = append(b.ends, err)
 			rec.End = err
 			b.mu.Unlock()
 			return
@@ -226,23 +220,6 @@ func (b *wsBackend) serveRaw(w http.ResponseWriter, r *http.Request, rec *wsReco
 	}
 }
 
-// Header returns the headers of the i-th request the backend received.
-func (b *wsBackend) Header(i int) http.Header {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if i < 0 || i >= len(b.headers) {
-		b.t.Fatalf("backend received %d requests, want at least %d", len(b.headers), i+1)
-	}
-	return b.headers[i]
-}
-
-// Host returns the Host of the i-th request the backend received.
-func (b *wsBackend) Host(i int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.hosts[i]
-}
-
 // Record waits up to d for the connection with the given id to have reached
 // the backend.
 func (b *wsBackend) Record(t testing.TB, id string, d time.Duration) *wsRecord {
@@ -276,30 +253,6 @@ func (b *wsBackend) waitEnd(t testing.TB, id string, d time.Duration) (error, ti
 	case <-time.After(d):
 		t.Fatalf("backend: connection %s still open %v later", id, d)
 		return nil, 0
-	}
-}
-
-// Ends returns the final Read errors of the echo connections so far.
-func (b *wsBackend) Ends() []error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]error(nil), b.ends...)
-}
-
-// waitEnds polls until n echo connections have ended and returns their
-// errors; it fails the test after d.
-func (b *wsBackend) waitEnds(t testing.TB, n int, d time.Duration) []error {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ends := b.Ends()
-		if len(ends) >= n {
-			return ends
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend: %d of %d WebSocket connections ended within %v", len(ends), n, d)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -74,7 +74,8 @@ var _ certmagic.Issuer = (*InternalCA)(nil)
 // LoadOrCreateCA loads the CA from dir or creates it there.
 //
 // The directory holds root.crt, root.key, intermediate.crt and intermediate.key (PEM; keys
-// in PKCS #8). It is created with mode 0700; keys are written 0600 and certificates 0644,
+// in PKCS #8). It is created with mode 0700, or tightened to 0700 (with a warning through
+// slog.Default) if it exists with group or other permission bits; keys are written 0600 and certificates 0644,
 // each atomically (temporary file, then rename).
 //
 // A new root is created only when neither root.crt nor root.key exists. If one of them is
@@ -94,7 +95,7 @@ func LoadOrCreateCA(dir string) (*InternalCA, error) {
 	caDiskMu.Lock()
 	defer caDiskMu.Unlock()
 
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := ensurePrivateDir(dir, nil); err != nil {
 		return nil, fmt.Errorf("internal CA: creating directory: %w", err)
 	}
 	ca := &InternalCA{dir: dir}

@@ -20,8 +20,9 @@ import (
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 )
 
-// Sentinel errors returned (wrapped) by [OnDemandPolicy.Decide]; branch on
-// them with errors.Is.
+// Sentinel errors returned (wrapped) by [OnDemandPolicy.Decide],
+// [OnDemandPolicy.Eligible] and [OnDemandPolicy.Reserve]; branch on them with
+// errors.Is.
 var (
 	// ErrNotOnDemandName: the name is not a valid DNS name, is an IP
 	// address, or belongs to no on_demand site. The ask endpoint was not
@@ -34,8 +35,8 @@ var (
 	// (possibly a briefly cached failure), or the caller's context ended
 	// while waiting for it.
 	ErrAskFailed = errors.New("on-demand ask endpoint failed")
-	// ErrRateLimited: the name was allowed but an issuance attempt was made
-	// for it less than NameInterval ago, or the global RateLimit per
+	// ErrRateLimited (from Reserve): an issuance attempt was made for the
+	// name less than NameInterval ago, or the global RateLimit per
 	// RateWindow is spent.
 	ErrRateLimited = errors.New("on-demand issuance rate limited")
 )
@@ -59,14 +60,22 @@ const (
 	maxAskBody = 1 << 10
 )
 
-// OnDemandPolicy decides whether a certificate may be obtained for a name
-// during a TLS handshake. Its Decide method is meant to be CertMagic's
-// OnDemandConfig.DecisionFunc.
+// OnDemandPolicy gates on-demand TLS in two steps.
 //
-// Checks run cheapest first so that junk never reaches the ask endpoint or
-// the CA: name syntax, then the site matcher, then the ask cache, then the
-// ask endpoint (concurrent asks for one name collapsed into one request),
-// then per-name spacing and a global token bucket.
+// [OnDemandPolicy.Decide] says whether a name may have an on-demand
+// certificate at all: name syntax, then the site matcher, then the ask cache,
+// then the ask endpoint (concurrent asks for one name collapsed into one
+// request). It is cheap to call again and again, so it is what CertMagic's
+// OnDemandConfig.DecisionFunc runs, which CertMagic calls not only before
+// obtaining a certificate but also before loading one from storage and
+// before renewing one.
+//
+// [OnDemandPolicy.Reserve] applies the issuance limits, per-name spacing and
+// a global token bucket, and records an attempt. It must run only when a
+// certificate is really about to be ordered from the CA (the Manager calls it
+// from an Issuer wrapper), never on a handshake that merely loads or serves a
+// stored certificate: otherwise a restart with more stored certificates than
+// RateLimit would refuse to serve most of them.
 //
 // An OnDemandPolicy is safe for concurrent use. One mutex guards the small
 // bounded maps; it is never held during network I/O. The policy starts no
@@ -102,8 +111,9 @@ type OnDemandStats struct {
 	CacheHits   uint64 // answers served from the ask cache
 	AskFailures uint64 // decisions failed by an unreachable ask endpoint
 	Denied      uint64 // decisions denied by the ask endpoint
-	RateLimited uint64 // allowed names refused by spacing or the bucket
-	Allowed     uint64 // decisions that allowed issuance
+	Allowed     uint64 // decisions that allowed the name
+	RateLimited uint64 // issuance attempts refused by spacing or the bucket
+	Reserved    uint64 // issuance attempts let through to the CA
 }
 
 const (
@@ -112,8 +122,9 @@ const (
 	statCacheHits
 	statAskFailures
 	statDenied
-	statRateLimited
 	statAllowed
+	statRateLimited
+	statReserved
 	statCount
 )
 
@@ -203,17 +214,10 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// Decide reports whether a certificate may be obtained for name now: nil
-// allows issuance; otherwise the error wraps one of ErrNotOnDemandName,
-// ErrAskDenied, ErrAskFailed or ErrRateLimited. It is CertMagic's
-// OnDemandConfig.DecisionFunc and is safe for concurrent use.
-//
-// A nil result records an issuance attempt: the same name is refused with
-// ErrRateLimited for NameInterval, and one token of the global bucket is
-// spent. Decide returns early with ErrAskFailed when ctx ends while it waits
-// for the ask endpoint; the ask itself completes (bounded by its timeout)
-// and its answer is cached.
-func (p *OnDemandPolicy) Decide(ctx context.Context, name string) error {
+// Eligible normalises name (lower case, no trailing dot) and checks that it
+// is a valid DNS name of an on_demand site, without asking anyone. The error
+// wraps ErrNotOnDemandName. Safe for concurrent use.
+func (p *OnDemandPolicy) Eligible(name string) (string, error) {
 	name, reason := normalizeName(name)
 	if reason == "" && !p.match(name) {
 		reason = "no on_demand site matches"
@@ -224,7 +228,26 @@ func (p *OnDemandPolicy) Decide(ctx context.Context, name string) error {
 		if name != "" && len(name) <= maxNameLen {
 			p.log.Debug("on-demand TLS denied", "name", name, "reason", reason)
 		}
-		return fmt.Errorf("%w: %s", ErrNotOnDemandName, reason)
+		return "", fmt.Errorf("%w: %s", ErrNotOnDemandName, reason)
+	}
+	return name, nil
+}
+
+// Decide reports whether name may have an on-demand certificate: nil allows
+// it; otherwise the error wraps one of ErrNotOnDemandName, ErrAskDenied or
+// ErrAskFailed. It checks the name ([OnDemandPolicy.Eligible]) and asks the
+// ask endpoint (answers cached for AskTTL, failures briefly). It applies no
+// rate limit and records nothing but the ask answer, so it may serve as
+// CertMagic's OnDemandConfig.DecisionFunc; issuance limits are
+// [OnDemandPolicy.Reserve]'s. Safe for concurrent use.
+//
+// Decide returns early with ErrAskFailed when ctx ends while it waits for
+// the ask endpoint; the ask itself completes (bounded by its timeout) and
+// its answer is cached.
+func (p *OnDemandPolicy) Decide(ctx context.Context, name string) error {
+	name, err := p.Eligible(name)
+	if err != nil {
+		return err
 	}
 	if p.ask == nil {
 		p.stats[statDenied].Add(1)
@@ -248,30 +271,53 @@ func (p *OnDemandPolicy) Decide(ctx context.Context, name string) error {
 		p.log.Debug("on-demand TLS denied", "name", name, "reason", "ask endpoint denied", "status", res.status)
 		return fmt.Errorf("on-demand %q: %w (status %d)", name, ErrAskDenied, res.status)
 	}
-
-	if reason := p.reserve(name); reason != "" {
-		p.stats[statRateLimited].Add(1)
-		p.log.Warn("on-demand TLS rate limited", "name", name, "reason", reason)
-		return fmt.Errorf("on-demand %q: %w: %s", name, ErrRateLimited, reason)
-	}
 	p.stats[statAllowed].Add(1)
 	p.log.Debug("on-demand TLS allowed", "name", name)
 	return nil
 }
 
+// Reserve admits one issuance attempt for a certificate covering names (as
+// Decide normalises them): nil lets it through to the CA; otherwise the
+// error wraps ErrRateLimited and nothing is recorded. All names must be
+// past NameInterval since their last admitted attempt, and the global bucket
+// must hold one token per name; on success the attempt is recorded for every
+// name and the tokens are spent, atomically. It checks neither the names nor
+// the ask endpoint: call Decide for that. Safe for concurrent use.
+func (p *OnDemandPolicy) Reserve(names ...string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("%w: no names", ErrRateLimited)
+	}
+	keys := make([]string, len(names))
+	for i, n := range names {
+		keys[i] = strings.ToLower(strings.TrimSuffix(n, "."))
+	}
+	if reason := p.reserve(keys); reason != "" {
+		p.stats[statRateLimited].Add(1)
+		p.log.Warn("on-demand TLS issuance rate limited", "names", keys, "reason", reason)
+		return fmt.Errorf("on-demand %q: %w: %s", keys, ErrRateLimited, reason)
+	}
+	p.stats[statReserved].Add(1)
+	p.log.Debug("on-demand TLS issuance admitted", "names", keys)
+	return nil
+}
+
 // reserve applies per-name spacing, then the global bucket, and records the
 // attempt when both pass. It returns "" on success, else the reason.
-func (p *OnDemandPolicy) reserve(name string) string {
+func (p *OnDemandPolicy) reserve(names []string) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
-	if _, recent := p.attempts.get(name, now); recent {
-		return "an issuance attempt for this name was made less than name_interval ago"
+	for _, name := range names {
+		if _, recent := p.attempts.get(name, now); recent {
+			return "an issuance attempt for this name was made less than name_interval ago"
+		}
 	}
-	if !p.limiter.AllowN(now, 1) {
+	if !p.limiter.AllowN(now, len(names)) {
 		return "global rate_limit per rate_window reached"
 	}
-	p.attempts.set(name, struct{}{}, now.Add(p.interval), now)
+	for _, name := range names {
+		p.attempts.set(name, struct{}{}, now.Add(p.interval), now)
+	}
 	return ""
 }
 
@@ -359,8 +405,9 @@ func (p *OnDemandPolicy) Stats() OnDemandStats {
 		CacheHits:   p.stats[statCacheHits].Load(),
 		AskFailures: p.stats[statAskFailures].Load(),
 		Denied:      p.stats[statDenied].Load(),
-		RateLimited: p.stats[statRateLimited].Load(),
 		Allowed:     p.stats[statAllowed].Load(),
+		RateLimited: p.stats[statRateLimited].Load(),
+		Reserved:    p.stats[statReserved].Load(),
 	}
 }
 

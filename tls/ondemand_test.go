@@ -92,28 +92,66 @@ func wantHits(t *testing.T, s *askServer, want int64) {
 	}
 }
 
-func TestOnDemandAllowCachedAndSpaced(t *testing.T) {
+func TestOnDemandAllowCached(t *testing.T) {
 	t.Parallel()
 	srv := newAskServer(t, allowAll)
-	p, clock := newTestPolicy(config.OnDemand{Ask: srv.askURL()}, nil)
+	p, clock := newTestPolicy(config.OnDemand{Ask: srv.askURL(), RateLimit: 1}, nil)
 	ctx := t.Context()
 
 	wantErr(t, p.Decide(ctx, "WWW.Example.COM."), nil)
 	wantHits(t, srv, 1)
-	// Cached allow, but an attempt was just made: spaced by NameInterval.
-	wantErr(t, p.Decide(ctx, "www.example.com"), ErrRateLimited)
+	// Decide applies no rate limit (CertMagic calls it before loading
+	// stored certificates too): allowed again and again from the cache.
+	for range 5 {
+		wantErr(t, p.Decide(ctx, "www.example.com"), nil)
+	}
 	wantHits(t, srv, 1)
-	clock.Advance(30 * time.Second)
-	wantErr(t, p.Decide(ctx, "www.example.com"), ErrRateLimited)
-	// Past NameInterval (1m), within AskTTL (5m): allowed from the cache.
-	clock.Advance(31 * time.Second)
+	clock.Advance(defaultAskTTL)
 	wantErr(t, p.Decide(ctx, "www.example.com"), nil)
-	wantHits(t, srv, 1)
+	wantHits(t, srv, 2)
 
 	st := p.Stats()
-	if st.Asks != 1 || st.Allowed != 2 || st.RateLimited != 2 || st.CacheHits != 3 {
+	if st.Asks != 2 || st.Allowed != 7 || st.CacheHits != 5 || st.RateLimited != 0 || st.Reserved != 0 {
 		t.Fatalf("Stats = %+v", st)
 	}
+}
+
+func TestOnDemandReserveSpaced(t *testing.T) {
+	t.Parallel()
+	p, clock := newTestPolicy(config.OnDemand{RateLimit: 100}, nil)
+
+	wantErr(t, p.Reserve("www.example.com"), nil)
+	// An attempt was just made: spaced by NameInterval (1m), case and
+	// trailing dot ignored.
+	wantErr(t, p.Reserve("WWW.example.com."), ErrRateLimited)
+	clock.Advance(30 * time.Second)
+	wantErr(t, p.Reserve("www.example.com"), ErrRateLimited)
+	// Another name is not affected.
+	wantErr(t, p.Reserve("other.example.com"), nil)
+	clock.Advance(31 * time.Second)
+	wantErr(t, p.Reserve("www.example.com"), nil)
+
+	// Several names: all or nothing.
+	wantErr(t, p.Reserve("a.example.com", "www.example.com"), ErrRateLimited)
+	wantErr(t, p.Reserve("a.example.com"), nil) // not recorded by the refusal
+	wantErr(t, p.Reserve(), ErrRateLimited)
+
+	st := p.Stats()
+	if st.Reserved != 4 || st.RateLimited != 3 || st.Asks != 0 {
+		t.Fatalf("Stats = %+v", st)
+	}
+}
+
+func TestOnDemandReserveBucket(t *testing.T) {
+	t.Parallel()
+	p, clock := newTestPolicy(config.OnDemand{RateLimit: 2, RateWindow: config.Duration(time.Minute)}, nil)
+	wantErr(t, p.Reserve("a.example.com"), nil)
+	wantErr(t, p.Reserve("b.example.com"), nil)
+	wantErr(t, p.Reserve("c.example.com"), ErrRateLimited)
+	clock.Advance(30 * time.Second) // one token back (2 per minute)
+	wantErr(t, p.Reserve("c.example.com", "d.example.com"), ErrRateLimited)
+	wantErr(t, p.Reserve("c.example.com"), nil)
+	wantErr(t, p.Reserve("d.example.com"), ErrRateLimited)
 }
 
 func TestOnDemandDeniedCached(t *testing.T) {
@@ -323,12 +361,21 @@ func TestOnDemandCallerCancelDoesNotFailOthers(t *testing.T) {
 // decideAll runs Decide for every name concurrently and tallies the results.
 func decideAll(t *testing.T, p *OnDemandPolicy, names []string) map[error]int {
 	t.Helper()
+	return tallyAll(names, func(name string) error { return p.Decide(t.Context(), name) })
+}
+
+// reserveAll runs Reserve for every name concurrently and tallies the results.
+func reserveAll(p *OnDemandPolicy, names []string) map[error]int {
+	return tallyAll(names, func(name string) error { return p.Reserve(name) })
+}
+
+func tallyAll(names []string, decide func(string) error) map[error]int {
 	var mu sync.Mutex
 	tally := make(map[error]int)
 	var wg sync.WaitGroup
 	for _, name := range names {
 		wg.Go(func() {
-			err := p.Decide(t.Context(), name)
+			err := decide(name)
 			key := err
 			for _, s := range []error{ErrNotOnDemandName, ErrAskDenied, ErrAskFailed, ErrRateLimited} {
 				if errors.Is(err, s) {
@@ -366,15 +413,19 @@ func TestOnDemandConcurrentRandomNames(t *testing.T) {
 			t.Fatalf("ask hit %d times, want at most 100", h)
 		}
 	})
-	t.Run("rate limited", func(t *testing.T) {
+	t.Run("allowed, rate limited at issuance", func(t *testing.T) {
 		t.Parallel()
 		srv := newAskServer(t, allowAll)
 		p, _ := newTestPolicy(config.OnDemand{
 			Ask: srv.askURL(), RateLimit: 10, RateWindow: config.Duration(time.Minute),
 		}, nil)
-		tally := decideAll(t, p, randomNames(100))
+		names := randomNames(100)
+		if tally := decideAll(t, p, names); tally[nil] != 100 {
+			t.Fatalf("Decide results = %v, want 100 allowed", tally)
+		}
+		tally := reserveAll(p, names)
 		if tally[nil] != 10 || tally[ErrRateLimited] != 90 {
-			t.Fatalf("results = %v, want 10 allowed and 90 ErrRateLimited", tally)
+			t.Fatalf("Reserve results = %v, want 10 reserved and 90 ErrRateLimited", tally)
 		}
 	})
 }
@@ -397,9 +448,13 @@ func TestOnDemandSingleflight(t *testing.T) {
 	close(release)
 	tally := <-results
 	wantHits(t, srv, 1)
+	if tally[nil] != 20 {
+		t.Fatalf("results = %v, want 20 allowed", tally)
+	}
 	// One issuance attempt; the rest are spaced by NameInterval.
+	tally = reserveAll(p, names)
 	if tally[nil] != 1 || tally[ErrRateLimited] != 19 {
-		t.Fatalf("results = %v, want 1 allowed and 19 ErrRateLimited", tally)
+		t.Fatalf("Reserve results = %v, want 1 reserved and 19 ErrRateLimited", tally)
 	}
 }
 

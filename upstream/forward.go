@@ -34,8 +34,11 @@ func (f *forwarder) roundTrip(req *http.Request, upgrade bool) (*http.Response, 
 	p := f.pool
 	n := len(p.Backends)
 	start := p.pick()
-	if p.closed.Load() {
-		req.Close = true // a closed pool keeps no new idle connections
+	if p.closed.Load() && !upgrade {
+		// A closed pool keeps no new idle connections. (A handshake's
+		// connection never returns to the pool after a 101, and
+		// "Connection: close" would spoil its Connection: Upgrade.)
+		req.Close = true
 	}
 	clientBody := req.Body
 	var (

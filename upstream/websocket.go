@@ -255,9 +255,15 @@ func newTunnelInfo(r *http.Request, res *http.Response) tunnelInfo {
 	return info
 }
 
-// runTunnel runs t until it ends and logs how it went.
+// runTunnel runs t until it ends and logs how it went. Its frame stays on
+// the stack of an idle tunnel, so it is kept small: the log line is built in
+// logTunnel.
 func (p *proxy) runTunnel(t *websocket.Tunnel, client, backend websocket.End, info tunnelInfo) {
-	st := t.Run(client, backend, p.wsIdle)
+	p.logTunnel(t.Run(client, backend, p.wsIdle), &info)
+}
+
+//go:noinline
+func (p *proxy) logTunnel(st websocket.Stats, info *tunnelInfo) {
 	p.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
 		slog.String("route", p.routeKey),
 		slog.String("pool", p.pool.Name),

@@ -2,10 +2,12 @@ package upstream
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -32,24 +34,40 @@ func BenchmarkWebSocketEcho(b *testing.B) {
 
 // BenchmarkIdleWebSocketMemory holds 1,000 idle WebSocket tunnels through
 // NewProxy behind a real HTTP/1.1 server and reports the heap and goroutine
-// stack they add per tunnel. Clients and backend are raw TCP peers that hold
+// stack they add per tunnel. Clients and backend are raw peers that hold
 // their connections without a goroutine each, so the figure is the
-// gateway's (plus one net.Conn for each peer, a few hundred bytes). Run
-// with -benchtime=1x.
+// gateway's plus one net.Conn for each peer (a few hundred bytes; over TLS
+// the client's tls.Conn too, about as much as the gateway's own). Run with
+// -benchtime=1x.
 func BenchmarkIdleWebSocketMemory(b *testing.B) {
+	b.Run("http", func(b *testing.B) { benchIdleMemory(b, false) })
+	b.Run("https", func(b *testing.B) { benchIdleMemory(b, true) })
+}
+
+func benchIdleMemory(b *testing.B, tlsOn bool) {
 	const n = 1000
 	backend := newRawWSBackend(b)
 	tunnels := ws.NewRegistry()
-	front := serveProxy(b, NewProxy(newTestPool(b, nil, "http://"+backend.addr), Options{
+	h := NewProxy(newTestPool(b, nil, "http://"+backend.addr), Options{
 		Logger: quietOptions().Logger, Tunnels: tunnels,
-	}))
+	})
+	var front *httptest.Server
+	var tlsCfg *tls.Config
+	if tlsOn {
+		front = httptest.NewTLSServer(h)
+		tlsCfg = front.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+		tlsCfg.ServerName = "example.com" // in httptest's certificate
+	} else {
+		front = httptest.NewServer(h)
+	}
+	b.Cleanup(front.Close)
 	addr := front.Listener.Addr().String()
 	var heap, stack, gor float64
 	for b.Loop() {
 		before, g0 := memUse(), runtime.NumGoroutine()
 		clients := make([]net.Conn, 0, n)
 		for range n {
-			clients = append(clients, rawWSDial(b, addr))
+			clients = append(clients, rawWSDial(b, addr, tlsCfg))
 		}
 		// One byte each way through every tunnel: all are established
 		// and back in their idle Read.
@@ -97,10 +115,13 @@ func memUse() mem {
 
 // rawWSDial does an HTTP/1.1 WebSocket handshake by hand and returns the
 // bare connection.
-func rawWSDial(b testing.TB, addr string) net.Conn {
+func rawWSDial(b testing.TB, addr string, tlsCfg *tls.Config) net.Conn {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if tlsCfg != nil {
+		c = tls.Client(c, tlsCfg)
 	}
 	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n", ws.NewKey())

@@ -130,7 +130,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 // direction's reader sees its deadline expire again and again.
 func TestTunnelIdleKeptAliveOneWay(t *testing.T) {
 	t.Parallel()
-	const idle = 200 * time.Millisecond
+	const idle = 400 * time.Millisecond
 	r := startRig(t, NewRegistry(), "k", idle)
 	go io.Copy(io.Discard, r.backend)
 	for range 12 {
@@ -146,6 +146,55 @@ func TestTunnelIdleKeptAliveOneWay(t *testing.T) {
 	}
 	if st := r.wait(t, 3*time.Second); st.Reason != ReasonIdle || st.Up != 12 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// Over TLS (a hijacked HTTPS connection), a read deadline that expires
+// while only the other direction carries traffic must leave the connection
+// usable: crypto/tls does not make read timeouts sticky. The half-close is
+// a close_notify.
+func TestTunnelTLSClientSide(t *testing.T) {
+	t.Parallel()
+	const idle = 400 * time.Millisecond
+	reg := NewRegistry()
+	tun, _ := reg.Reserve("k", 0)
+	cPeer, cEnd := tlsPair(t)
+	bEnd, bPeer := tcpPair(t)
+	done := make(chan Stats, 1)
+	go func() { done <- tun.Run(&ConnEnd{Conn: cEnd}, &ConnEnd{Conn: bEnd}, idle) }()
+	copied := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, cPeer)
+		copied <- n
+	}()
+	for range 8 { // backend → client only, for several idle periods
+		if _, err := bPeer.Write([]byte("tick")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(idle / 4)
+	}
+	if _, err := cPeer.Write([]byte("still there")); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, bPeer, "still there")
+	bPeer.(*net.TCPConn).CloseWrite()
+	// The client side gets a close_notify: its reader (io.Copy) ends.
+	select {
+	case n := <-copied:
+		if n != 32 {
+			t.Errorf("client read %d bytes, want 32", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("half-close did not reach the TLS client")
+	}
+	cPeer.Close()
+	select {
+	case st := <-done:
+		if st.Reason != ReasonBackendClosed || st.Down != 32 || st.Up != 11 {
+			t.Errorf("stats %+v", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("tunnel did not end")
 	}
 }
 
