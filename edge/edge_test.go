@@ -68,14 +68,25 @@ func TestServeReloadShutdown(t *testing.T) {
 	if got := get(t, url); got != "one" {
 		t.Fatalf("body %q, want one", got)
 	}
-	if err := srv.Reload(mustParse(t, strings.Replace(respondDoc, "%s", "two", 1))); err != nil {
+	two := mustParse(t, strings.Replace(respondDoc, "%s", "two", 1))
+	two.Global.HTTPPort = 0 // the same listener settings as the running config
+	if err := srv.Reload(two); err != nil {
 		t.Fatal(err)
+	}
+	// A change the running listeners cannot follow is refused whole.
+	moved := mustParse(t, strings.Replace(respondDoc, "%s", "moved", 1))
+	if err := srv.Reload(moved); !errors.Is(err, ErrNeedsRestart) {
+		t.Fatalf("reload with another http_port: %v, want ErrNeedsRestart", err)
+	}
+	if got := get(t, url); got != "two" {
+		t.Fatalf("after a refused reload: body %q, want two", got)
 	}
 	if got := get(t, url); got != "two" {
 		t.Fatalf("after reload: body %q, want two", got)
 	}
 	// A config this build cannot serve is refused and the old one keeps serving.
 	bad := mustParse(t, "sites: [{hosts: [a.example], tls: off, routes: [{static: {root: .}}]}]")
+	bad.Global.HTTPPort = 0
 	if err := srv.Reload(bad); err == nil {
 		t.Fatal("reload of an unservable config succeeded")
 	}

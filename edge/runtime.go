@@ -125,14 +125,45 @@ func (rt *Runtime) routeHandler() http.Handler {
 			router.Error(w, status)
 			return
 		}
+		if r.TLS != nil && !rt.servesOverTLS(route.Site, r) {
+			router.Error(w, http.StatusMisdirectedRequest)
+			return
+		}
 		info := middleware.InfoFrom(r.Context())
 		info.Route, info.Upstream = route.Name, route.Upstream
 		if rt.altSvc != "" && r.TLS != nil && r.ProtoMajor < 3 && isOn(route.Site.HTTP3) {
-			// Set before the action runs; the forwarder strips the backend's own.
-			w.Header().Set("Alt-Svc", rt.altSvc)
+			// Set with the final status: a backend's 1xx clears the header
+			// map, and the forwarder strips the backend's own Alt-Svc.
+			w = middleware.SetOnFinal(w, "Alt-Svc", rt.altSvc)
 		}
 		route.ServeHTTP(w, r)
 	})
+}
+
+// servesOverTLS reports whether site may answer r, a request that arrived
+// over TLS (the router already answered 421 when the SNI names another site):
+// a tls: off site is never served over TLS; a site with http3: false is not
+// served over HTTP/3; and without SNI (clients of an IP address) the site
+// must be the one the connection's local address belongs to, since the
+// certificate presented was chosen by that address.
+func (rt *Runtime) servesOverTLS(site *config.Site, r *http.Request) bool {
+	switch {
+	case site.TLS.Mode == config.TLSOff:
+		return false
+	case r.ProtoMajor == 3 && !isOn(site.HTTP3):
+		return false
+	case r.TLS.ServerName == "":
+		addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		if !ok {
+			return false
+		}
+		host, _, err := net.SplitHostPort(addr.String())
+		if err != nil {
+			return false
+		}
+		return rt.table.Site(host) == site
+	}
+	return true
 }
 
 // plainHTTPHandler serves the HTTP listener: sites with tls: off are routed;

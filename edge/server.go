@@ -64,7 +64,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 				MaxHeaderBytes: int(cfg.Global.Limits.MaxHeaderBytes),
 				IdleTimeout:    cfg.Global.Limits.IdleTimeout.D(),
 				QUICConfig: &quic.Config{
-					MaxIdleTimeout:        30 * time.Second,
+					MaxIdleTimeout: 30 * time.Second,
+					// Keep-alives let a quiet HTTP/3 WebSocket live until its
+					// route's idle_timeout; http3.Server.IdleTimeout still
+					// closes connections that have no open stream.
+					KeepAlivePeriod:       15 * time.Second,
 					MaxIncomingStreams:    250,
 					MaxIncomingUniStreams: 16,
 					Allow0RTT:             false, // replayable early data stays off
@@ -283,25 +287,44 @@ func (s *Server) shutdown() {
 
 // Reload builds a Runtime from cfg and swaps it in. On error the current
 // Runtime keeps serving untouched. Listener settings (ports, listen address,
-// server limits) and TLS site changes need a restart; a change to them is
-// logged.
+// server limits, http3) and changes to the TLS sites need a restart: such a
+// reload fails with ErrNeedsRestart rather than half-apply.
 func (s *Server) Reload(cfg *config.Config) error {
 	start := time.Now()
 	rt, err := newRuntime(cfg, s.log, s.tunnels)
 	if err != nil {
 		return err
 	}
+	cur := s.rt.Load().Config
+	if why := needsRestart(cur, cfg); why != "" {
+		rt.Close()
+		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
+	}
 	old := s.rt.Swap(rt)
-	og, ng := old.Config.Global, cfg.Global
-	if og.Listen != ng.Listen || og.HTTPPort != ng.HTTPPort || og.HTTPSPort != ng.HTTPSPort || og.Limits != ng.Limits {
-		s.log.Warn("listener settings changed; they take effect after a restart")
-	}
-	if needsTLS(cfg) != (s.tls != nil) || !sameTLSSites(old.Config, cfg) {
-		s.log.Warn("TLS sites changed; new certificates are managed after a restart")
-	}
 	old.Close()
 	s.log.Info("config reloaded", "file", cfg.File, "took", time.Since(start).String())
 	return nil
+}
+
+// ErrNeedsRestart is returned by Reload for changes it cannot apply in place.
+var ErrNeedsRestart = errors.New("this change needs a restart")
+
+// needsRestart says why b cannot replace a in place ("" when it can): the
+// listeners, the HTTP/3 server and the certificate manager are built once
+// at start, so their settings and the set of TLS sites must not change.
+func needsRestart(a, b *config.Config) string {
+	ag, bg := a.Global, b.Global
+	switch {
+	case ag.Listen != bg.Listen || ag.HTTPPort != bg.HTTPPort || ag.HTTPSPort != bg.HTTPSPort:
+		return "listen, http_port or https_port changed"
+	case ag.Limits != bg.Limits:
+		return "global.limits changed"
+	case isOn(ag.HTTP3) != isOn(bg.HTTP3):
+		return "global.http3 changed"
+	case !sameTLSSites(a, b):
+		return "the set of TLS sites (hosts or their tls: mode) changed"
+	}
+	return ""
 }
 
 // sameTLSSites reports whether two configs ask for the same names and modes.
@@ -309,6 +332,9 @@ func sameTLSSites(a, b *config.Config) bool {
 	key := func(c *config.Config) map[string]config.TLSMode {
 		m := map[string]config.TLSMode{}
 		for _, site := range c.Sites {
+			if site.TLS.Mode == config.TLSOff {
+				continue
+			}
 			for _, h := range site.Hosts {
 				m[h] = site.TLS.Mode
 			}

@@ -31,57 +31,66 @@ func RequestID() Middleware {
 				id = newRequestID()
 				r.Header.Set(RequestIDHeader, id)
 			}
-			iw := &idWriter{ResponseWriter: w, id: id}
+			fw := SetOnFinal(w, RequestIDHeader, id)
 			// Deferred so that a panic before anything was written still
 			// leaves the id for Recover's 500.
-			defer iw.setID()
-			next.ServeHTTP(iw, r)
+			defer fw.set()
+			next.ServeHTTP(fw, r)
 		})
 	}
 }
 
-// idWriter puts the request id on the final response header. It is used by
-// one request; a 1xx written from a reverse proxy's transport goroutine does
-// not touch its state.
-type idWriter struct {
-	http.ResponseWriter
-	id   string
-	done bool // the id has been set on the final header
+// SetOnFinal returns a writer that sets header key to value (with Set,
+// replacing whatever a backend sent) when the final response header goes
+// out: at the first WriteHeader with a final status (>= 200, or 101), the
+// first Write or Flush, or a Hijack. 1xx responses pass through untouched:
+// a reverse proxy clears the header map after relaying each 1xx, so a value
+// set before the handler runs would be lost. It is used by one request.
+func SetOnFinal(w http.ResponseWriter, key, value string) *FinalHeaderWriter {
+	return &FinalHeaderWriter{ResponseWriter: w, key: key, value: value}
 }
 
-func (w *idWriter) setID() {
+// FinalHeaderWriter is the writer SetOnFinal returns.
+type FinalHeaderWriter struct {
+	http.ResponseWriter
+	key, value string
+	done       bool // the header has been set on the final response
+}
+
+func (w *FinalHeaderWriter) set() {
 	if !w.done {
 		w.done = true
-		w.ResponseWriter.Header().Set(RequestIDHeader, w.id)
+		w.ResponseWriter.Header().Set(w.key, w.value)
 	}
 }
 
-func (w *idWriter) WriteHeader(code int) {
+// WriteHeader sets the header before a final status.
+func (w *FinalHeaderWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
-		w.setID()
+		w.set()
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
-func (w *idWriter) Write(p []byte) (int, error) {
-	w.setID()
+func (w *FinalHeaderWriter) Write(p []byte) (int, error) {
+	w.set()
 	return w.ResponseWriter.Write(p)
 }
 
 // Unwrap lets http.NewResponseController reach deadlines and full duplex.
-func (w *idWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *FinalHeaderWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// Flush sends the header (with the id) and flushes. It is explicit because
-// older code type-asserts http.Flusher.
-func (w *idWriter) Flush() {
-	w.setID()
+// Flush sends the header and flushes. It is explicit because older code
+// type-asserts http.Flusher.
+func (w *FinalHeaderWriter) Flush() {
+	w.set()
 	_ = http.NewResponseController(w.ResponseWriter).Flush()
 }
 
-// Hijack sets the id first: code that writes the header map itself after
+// Hijack sets the header first: code that writes the header map itself after
 // hijacking (httputil.ReverseProxy relaying a 101) then sends it too.
-func (w *idWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	w.setID()
+func (w *FinalHeaderWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.set()
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
