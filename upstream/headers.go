@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 	"net/http"
 	"net/textproto"
 	"strconv"
@@ -53,27 +54,11 @@ func RemoveHopHeaders(h http.Header) {
 // keeps "TE: trailers" (telling the backend that trailers will be relayed);
 // any other TE value is dropped.
 func RemoveRequestHopHeaders(h http.Header) {
-	trailers := headerHasToken(h["Te"], "trailers")
+	trailers := websocket.HasToken(h["Te"], "trailers")
 	RemoveHopHeaders(h)
 	if trailers {
 		h["Te"] = []string{"trailers"}
 	}
-}
-
-// headerHasToken reports whether any of the comma-separated lists in values
-// holds token (ASCII case-insensitive, parameters after ';' ignored).
-func headerHasToken(values []string, token string) bool {
-	for _, v := range values {
-		for v != "" {
-			var tok string
-			tok, v, _ = strings.Cut(v, ",")
-			tok, _, _ = strings.Cut(tok, ";")
-			if strings.EqualFold(textproto.TrimString(tok), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // setForwardingHeaders sets X-Forwarded-For, X-Forwarded-Proto,

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 	"net/http"
 	"reflect"
 	"testing"
@@ -113,8 +114,8 @@ func TestHeaderHasToken(t *testing.T) {
 		{[]string{"deflate;q=0.5, trailers;q=1"}, "trailers", true},
 	}
 	for _, tc := range tests {
-		if got := headerHasToken(tc.values, tc.token); got != tc.want {
-			t.Errorf("headerHasToken(%q, %q) = %v, want %v", tc.values, tc.token, got, tc.want)
+		if got := websocket.HasToken(tc.values, tc.token); got != tc.want {
+			t.Errorf("websocket.HasToken(%q, %q) = %v, want %v", tc.values, tc.token, got, tc.want)
 		}
 	}
 }
