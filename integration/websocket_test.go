@@ -525,41 +525,37 @@ func TestWebSocketMaxTunnels(t *testing.T) {
 	if err := open[0].Close(websocket.StatusNormalClosure, ""); err != nil {
 		t.Errorf("closing a tunnel: %v", err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		c, resp, err := tg.tryDial(ctx, "/ws", nil)
-		if err == nil {
-			echo(t, ctx, c, websocket.MessageText, []byte("freed slot"))
-			c.Close(websocket.StatusNormalClosure, "")
-			break
+	// A slot is released once the gateway has seen the tunnel end, which
+	// may be a moment after the client's Close returned: poll.
+	dialFreed := func(what string) *websocket.Conn {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			c, resp, err := tg.tryDial(ctx, "/ws", nil)
+			if err == nil {
+				return c
+			}
+			if resp == nil || resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+				t.Fatalf("upgrade after %s: %v (response %v); want a tunnel within 3s", what, err, resp)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if resp == nil || resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
-			t.Fatalf("upgrade after closing one of two tunnels: %v (response %v); want a tunnel within 3s", err, resp)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	c := dialFreed("closing one of two tunnels")
+	echo(t, ctx, c, websocket.MessageText, []byte("freed slot"))
+	c.Close(websocket.StatusNormalClosure, "")
 
 	// A tunnel that ends abruptly (the client's TCP connection is reset)
 	// frees its slot too.
-	c3, _ := tg.dial(t, ctx, "/ws", nil)
+	c3 := dialFreed("closing the tunnel in the freed slot")
 	defer c3.CloseNow()
 	echo(t, ctx, c3, websocket.MessageText, []byte("third"))
 	raw := tg.dialed.Last()
 	raw.(*net.TCPConn).SetLinger(0)
 	raw.Close()
-	deadline = time.Now().Add(3 * time.Second)
-	for {
-		c, resp, err := tg.tryDial(ctx, "/ws", nil)
-		if err == nil {
-			echo(t, ctx, c, websocket.MessageText, []byte("slot of a reset tunnel"))
-			c.Close(websocket.StatusNormalClosure, "")
-			break
-		}
-		if resp == nil || resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
-			t.Fatalf("upgrade after a tunnel's client was reset: %v (response %v); want a tunnel within 3s", err, resp)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	c4 := dialFreed("a tunnel's client was reset")
+	echo(t, ctx, c4, websocket.MessageText, []byte("slot of a reset tunnel"))
+	c4.Close(websocket.StatusNormalClosure, "")
 	open[1].Close(websocket.StatusNormalClosure, "")
 }
 

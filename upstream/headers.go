@@ -1,11 +1,12 @@
 package upstream
 
 import (
-	"github.com/gatehouse-proxy/gatehouse/websocket"
 	"net/http"
 	"net/textproto"
 	"strconv"
 	"strings"
+
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
 
 // hopHeaders are the hop-by-hop fields of RFC 9110 §7.6.1 plus the legacy

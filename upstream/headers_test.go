@@ -1,10 +1,11 @@
 package upstream
 
 import (
-	"github.com/gatehouse-proxy/gatehouse/websocket"
 	"net/http"
 	"reflect"
 	"testing"
+
+	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
 
 func TestRemoveHopHeaders(t *testing.T) {
