@@ -408,7 +408,8 @@ type wsTarget struct {
 	dialed *connLog
 }
 
-// connLog records the TCP connections a client dialed.
+// connLog records the TCP connections a client dialed; with keep-alives
+// off, the last one carries the last request.
 type connLog struct {
 	mu    sync.Mutex
 	conns []net.Conn
@@ -444,8 +445,9 @@ func (g *wsGateway) Plain() wsTarget {
 			return c, err
 		},
 		DisableCompression: true,
-		// Upgraded connections leave the pool; nothing stays idle.
-		MaxIdleConnsPerHost: 1,
+		// One connection per request (upgrades leave the pool anyway), so
+		// that the last dialed connection is the last request's.
+		DisableKeepAlives: true,
 	}
 	g.t.Cleanup(tr.CloseIdleConnections)
 	return wsTarget{Name: "ws", Base: "ws://" + g.Addr, Client: &http.Client{Transport: tr}, dialed: log}
@@ -458,6 +460,7 @@ func (g *wsGateway) TLS() wsTarget {
 	}
 	log := &connLog{}
 	tr := tlsTransport(g.HTTPSPort, "localhost", g.Roots, false)
+	tr.DisableKeepAlives = true
 	inner := tr.DialContext
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := inner(ctx, network, addr)
