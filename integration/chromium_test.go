@@ -35,11 +35,11 @@ func browserTools(t *testing.T) (chromium, certutil string) {
 		missing = append(missing, "certutil (Debian package libnss3-tools)")
 	}
 	if len(missing) > 0 {
-		msg := "the browser test needs " + strings.Join(missing, " and ")
+		msg := "missing for the browser test: " + strings.Join(missing, " and ")
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s; .ci/run installs them, yet they are missing in CI", msg)
+			t.Fatalf("%s (CI=true: .ci/run should have installed it)", msg)
 		}
-		t.Skipf("%s, which are not installed here (.ci/run installs them in CI)", msg)
+		t.Skipf("%s; skipping (.ci/run installs chromium and libnss3-tools in CI)", msg)
 	}
 	return chromiumBin, certutil
 }
