@@ -235,8 +235,10 @@ func (m *Manager) Start(ctx context.Context) (err error) {
 }
 
 // Stop ends background renewals and file watching, and waits for the cache
-// maintenance and the file watcher to return. Call it once Start has
-// returned, even with an error; later calls do nothing.
+// maintenance and the file watcher to return (an issuance CertMagic has in
+// flight ends on its own, its context cancelled). Call it when done with the
+// Manager: after Start returned, even with an error, or without Start. Later
+// calls do nothing.
 func (m *Manager) Stop() {
 	m.stopOnce.Do(func() {
 		if m.cancel != nil {

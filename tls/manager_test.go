@@ -103,11 +103,17 @@ func serveTLS(t *testing.T, m *Manager) func(sni string) (*big.Int, error) {
 
 func newTestManager(t *testing.T, doc string) *Manager {
 	t.Helper()
+	return newTestManagerLog(t, doc, quietLog())
+}
+
+// newTestManagerLog is newTestManager logging to log.
+func newTestManagerLog(t *testing.T, doc string, log *slog.Logger) *Manager {
+	t.Helper()
 	cfg, err := config.Parse("t.yaml", []byte(strings.ReplaceAll(doc, "DATA", t.TempDir())))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewManager(cfg, quietLog())
+	m, err := NewManager(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,13 +130,14 @@ func TestManualCertificateReload(t *testing.T) {
 	dir := t.TempDir()
 	certPath, keyPath := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
 	writeSelfSigned(t, certPath, keyPath, "manual.example", 1)
-	m := newTestManager(t, `
+	rec := &logRecorder{}
+	m := newTestManagerLog(t, `
 global: {data_dir: DATA}
 sites:
   - hosts: [manual.example]
     tls: {cert: `+certPath+`, key: `+keyPath+`}
     routes: [{respond: {}}]
-`)
+`, slog.New(rec))
 	handshake := serveTLS(t, m)
 	if serial, err := handshake("manual.example"); err != nil || serial.Int64() != 1 {
 		t.Fatalf("first certificate: serial %v, err %v", serial, err)
@@ -154,15 +161,25 @@ sites:
 	waitSerial(2)
 
 	// A broken file is logged and the last good certificate keeps serving.
+	// Wait until the watcher has seen it (it logs so), then check.
+	const cannotLoad = "cannot be loaded"
+	if n := rec.count(slog.LevelError, cannotLoad); n != 0 {
+		t.Fatalf("%d %q errors before any broken file", n, cannotLoad)
+	}
 	if err := os.WriteFile(certPath, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * manualPollInterval)
-	for time.Now().Before(deadline) {
+	deadline := time.Now().Add(10 * time.Second)
+	for rec.count(slog.LevelError, cannotLoad) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the watcher never reported the broken file; logged: %q", rec.messages())
+		}
+		time.Sleep(manualPollInterval / 5)
+	}
+	for range 3 {
 		if serial, err := handshake("manual.example"); err != nil || serial.Int64() != 2 {
 			t.Fatalf("after a broken file: serial %v, err %v; want 2", serial, err)
 		}
-		time.Sleep(manualPollInterval / 2)
 	}
 	writeSelfSigned(t, certPath, keyPath, "manual.example", 3)
 	waitSerial(3)

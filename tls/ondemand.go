@@ -65,10 +65,13 @@ const (
 // [OnDemandPolicy.Decide] says whether a name may have an on-demand
 // certificate at all: name syntax, then the site matcher, then the ask cache,
 // then the ask endpoint (concurrent asks for one name collapsed into one
-// request). It is cheap to call again and again, so it is what CertMagic's
-// OnDemandConfig.DecisionFunc runs, which CertMagic calls not only before
+// request), cheapest first so that junk never reaches the ask endpoint. It
+// has no lasting effect but the cached answer, so it can back CertMagic's
+// OnDemandConfig.DecisionFunc, which CertMagic consults not only before
 // obtaining a certificate but also before loading one from storage and
-// before renewing one.
+// before renewing one. (The Manager's DecisionFunc allows a name whose
+// certificate is in storage without asking, so stored certificates are
+// served while the ask endpoint is down.)
 //
 // [OnDemandPolicy.Reserve] applies the issuance limits, per-name spacing and
 // a global token bucket, and records an attempt. It must run only when a

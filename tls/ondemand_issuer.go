@@ -142,7 +142,7 @@ func (i *onDemandPreCheckIssuer) PreCheck(ctx context.Context, names []string, i
 // through the wrapper; renewals are then ordinary orders.
 type onDemandACMEIssuer struct {
 	*onDemandIssuer
-	acme *certmagic.ACMEIssuer
+	am *certmagic.ACMEIssuer
 }
 
 var (
@@ -152,15 +152,15 @@ var (
 )
 
 func (i *onDemandACMEIssuer) PreCheck(ctx context.Context, names []string, interactive bool) error {
-	return i.acme.PreCheck(ctx, names, interactive)
+	return i.am.PreCheck(ctx, names, interactive)
 }
 
 func (i *onDemandACMEIssuer) Revoke(ctx context.Context, cert certmagic.CertificateResource, reason int) error {
-	return i.acme.Revoke(ctx, cert, reason)
+	return i.am.Revoke(ctx, cert, reason)
 }
 
 func (i *onDemandACMEIssuer) GetRenewalInfo(ctx context.Context, cert certmagic.Certificate) (acme.RenewalInfo, error) {
-	return i.acme.GetRenewalInfo(ctx, cert)
+	return i.am.GetRenewalInfo(ctx, cert)
 }
 
 // wrapOnDemandIssuers wraps each issuer with the gate, keeping the optional
@@ -172,7 +172,7 @@ func wrapOnDemandIssuers(issuers []certmagic.Issuer, gate *onDemandGate) []certm
 		base := &onDemandIssuer{inner: inner, gate: gate}
 		switch in := inner.(type) {
 		case *certmagic.ACMEIssuer:
-			out[i] = &onDemandACMEIssuer{onDemandIssuer: base, acme: in}
+			out[i] = &onDemandACMEIssuer{onDemandIssuer: base, am: in}
 		case certmagic.PreChecker:
 			out[i] = &onDemandPreCheckIssuer{onDemandIssuer: base, pre: in}
 		default:
