@@ -132,13 +132,21 @@ type Proc struct {
 // is logged if the test failed.
 func startProc(t testing.TB, env []string, args ...string) *Proc {
 	t.Helper()
+	return startProcIn(t, "", env, args...)
+}
+
+// startProcIn starts the gateway with args in directory dir ("" for the
+// test's own) with env added to the environment.
+func startProcIn(t testing.TB, dir string, env []string, args ...string) *Proc {
+	t.Helper()
 	p := &Proc{t: t, Stdout: &syncBuffer{}, Stderr: &syncBuffer{}, exited: make(chan struct{})}
 	p.Cmd = exec.Command(gatehouseBin, args...)
+	p.Cmd.Dir = dir
 	p.Cmd.Env = append(os.Environ(), env...)
 	p.Cmd.Stdout = p.Stdout
 	p.Cmd.Stderr = p.Stderr
 	if err := p.Cmd.Start(); err != nil {
-		t.Fatalf("starting gatehouse %v: %v", args, err)
+		t.Fatalf("starting gatehouse %v in %q: %v", args, dir, err)
 	}
 	go func() {
 		p.Cmd.Wait()
@@ -231,9 +239,19 @@ func (p *Proc) waitListening(addr string) error {
 // use") is retried.
 func startServing(t testing.TB, mk func() (env, args []string, addr string)) *Proc {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
+	return startServingIn(t, func() (string, []string, []string, string) {
 		env, args, addr := mk()
-		p := startProc(t, env, args...)
+		return "", env, args, addr
+	})
+}
+
+// startServingIn is startServing for a process run in the directory mk
+// names ("" for the test's own).
+func startServingIn(t testing.TB, mk func() (dir string, env, args []string, addr string)) *Proc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		dir, env, args, addr := mk()
+		p := startProcIn(t, dir, env, args...)
 		err := p.waitListening(addr)
 		if err == nil {
 			return p

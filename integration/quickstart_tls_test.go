@@ -19,31 +19,6 @@ var (
 	httpsPortLine = regexp.MustCompile(`(?m)^(\s*https_port:\s*)\d+`)
 )
 
-// startProcIn is startProc with the working directory set to dir.
-func startProcIn(t testing.TB, dir string, args ...string) *Proc {
-	t.Helper()
-	p := &Proc{t: t, Stdout: &syncBuffer{}, Stderr: &syncBuffer{}, exited: make(chan struct{})}
-	p.Cmd = exec.Command(gatehouseBin, args...)
-	p.Cmd.Dir = dir
-	p.Cmd.Stdout = p.Stdout
-	p.Cmd.Stderr = p.Stderr
-	if err := p.Cmd.Start(); err != nil {
-		t.Fatalf("starting gatehouse %v in %s: %v", args, dir, err)
-	}
-	go func() {
-		p.Cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gatehouse %v (in %s) stdout:\n%s", args, dir, p.Stdout.String())
-			t.Logf("gatehouse %v (in %s) stderr:\n%s", args, dir, p.Stderr.String())
-		}
-	})
-	t.Cleanup(p.Stop)
-	return p
-}
-
 // TestQuickstartHTTPSInternalCA runs configs/quickstart.yaml (ports moved to
 // free ones) from a temp dir and fetches it with curl trusting only
 // data/pki/root.crt, over HTTP/1.1 and HTTP/2.
@@ -62,7 +37,7 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 	}
 	var dir string
 	var httpsPort int
-	g := startServingIn(t, func() (string, []string, string) {
+	g := startServingIn(t, func() (string, []string, []string, string) {
 		dir = t.TempDir()
 		httpPort := freePort(t)
 		httpsPort = freeTCPUDPPort(t)
@@ -71,7 +46,7 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "quickstart.yaml"), text, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		return dir, []string{"run", "--config", "quickstart.yaml"}, fmt.Sprintf("127.0.0.1:%d", httpPort)
+		return dir, nil, []string{"run", "--config", "quickstart.yaml"}, fmt.Sprintf("127.0.0.1:%d", httpPort)
 	})
 
 	// Wait for the internal CA's root and a handshake that verifies with it.
@@ -118,24 +93,5 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 				t.Errorf("curl %s %s printed %q (body + %%{http_version}), want %q", c.flag, url, out, want)
 			}
 		})
-	}
-}
-
-// startServingIn is startServing for processes run in a directory that mk
-// chooses.
-func startServingIn(t testing.TB, mk func() (dir string, args []string, addr string)) *Proc {
-	t.Helper()
-	for attempt := 1; ; attempt++ {
-		dir, args, addr := mk()
-		p := startProcIn(t, dir, args...)
-		err := p.waitListening(addr)
-		if err == nil {
-			return p
-		}
-		if attempt < 3 && p.Exited() && strings.Contains(p.Stderr.String(), "address already in use") {
-			t.Logf("attempt %d lost its port, retrying: %v", attempt, err)
-			continue
-		}
-		t.Fatal(err)
 	}
 }
