@@ -474,3 +474,24 @@ func TestWebSocketGoroutinesReturnToBaseline(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
 }
+
+// TestWebSocketBufferBoundaries echoes messages whose frames exactly fill the
+// tunnel's small (512 B) and big (16 KiB) read buffers, and one byte either
+// side: a read that exactly fills a buffer must be forwarded at once, not
+// held until more bytes arrive. Client frames carry an 8-byte header (masked,
+// short length) and server frames 4, so both directions hit 512 exactly.
+func TestWebSocketBufferBoundaries(t *testing.T) {
+	t.Parallel()
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", tlsOn), func(t *testing.T) {
+			t.Parallel()
+			r := newWSRig(t, tlsOn, nil)
+			c := dialWS(t, r.front, "/edges", nil)
+			for _, n := range []int{503, 504, 505, 507, 508, 509, 511, 512, 513, 16<<10 - 8, 16<<10 - 4, 16 << 10, 16<<10 + 1, 32 << 10} {
+				msg := make([]byte, n)
+				rand.Read(msg)
+				echoOnce(t, c, websocket.MessageBinary, msg)
+			}
+		})
+	}
+}

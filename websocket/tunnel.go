@@ -209,32 +209,37 @@ func (t *Tunnel) pump(d direction) {
 			_ = rd.SetReadDeadline(time.Now().Add(t.idle))
 		}
 	}
+	// Reads go into the small per-direction buffer; after a read that
+	// filled its buffer (a burst) the next reads borrow a pooled big buffer
+	// until one comes back short. Bytes read are always written before the
+	// next read: a read that exactly fills a buffer must never wait for more.
 	small := t.small[d][:]
-	for {
-		n, err := src.Read(small)
-		buf := small[:n]
-		var big *[bigBufSize]byte
-		if n == len(small) && err == nil {
-			// More is probably waiting: take it in one go.
-			big = bigBufs.Get().(*[bigBufSize]byte)
-			copy(big[:], small)
-			var m int
-			m, err = src.Read(big[n:])
-			buf = big[:n+m]
+	buf := small
+	var big *[bigBufSize]byte
+	defer func() {
+		if big != nil {
+			bigBufs.Put(big)
 		}
-		if len(buf) > 0 {
+	}()
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
 			t.last.Store(int64(time.Since(t.start)))
-			_, werr := dst.Write(buf)
-			if big != nil {
-				bigBufs.Put(big)
-			}
-			if werr != nil {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
 				t.shutdown(sideError(d, false))
 				return
 			}
-			t.bytes[d].Add(int64(len(buf)))
-		} else if big != nil {
+			t.bytes[d].Add(int64(n))
+		}
+		switch {
+		case n == len(buf) && err == nil:
+			if big == nil {
+				big = bigBufs.Get().(*[bigBufSize]byte)
+				buf = big[:]
+			}
+		case big != nil:
 			bigBufs.Put(big)
+			big, buf = nil, small
 		}
 		switch {
 		case err == nil:
