@@ -54,11 +54,25 @@ var (
 // on goroutines of its own until either side closes (or the Registry closes
 // it); the handler returns at once.
 func (p *proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) {
+	// RFC 6455 §4.2.1: without a well-formed key and version 13 this is no
+	// WebSocket handshake. Refusing it here also means the backend's 101 can
+	// be checked against the key, so a backend endpoint that answers 101
+	// without speaking WebSocket never becomes a raw pipe to the backend.
+	key := r.Header.Get("Sec-Websocket-Key")
+	if r.Header.Get("Sec-Websocket-Version") != websocket.Version {
+		w.Header().Set("Sec-WebSocket-Version", websocket.Version)
+		writeError(w, http.StatusUpgradeRequired)
+		return
+	}
+	if !websocket.ValidKey(key) {
+		writeError(w, http.StatusBadRequest)
+		return
+	}
 	t, ok := p.reserve(w, r)
 	if !ok {
 		return
 	}
-	res, backend, ok := p.openBackend(w, r, t, p.upgradeRequest(r), "")
+	res, backend, ok := p.openBackend(w, r, t, p.upgradeRequest(r), key, false)
 	if !ok {
 		return
 	}
@@ -111,7 +125,7 @@ func (p *proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	delete(out.Header, ":protocol")
 	out.Header["Sec-Websocket-Key"] = []string{key}
 	out.Header["Sec-Websocket-Version"] = []string{websocket.Version}
-	res, backend, ok := p.openBackend(w, r, t, out, key)
+	res, backend, ok := p.openBackend(w, r, t, out, key, true)
 	if !ok {
 		return
 	}
@@ -137,25 +151,28 @@ func (p *proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 }
 
 // openBackend sends the handshake out for t and checks the answer. A 101
-// that switches to WebSocket (with Sec-WebSocket-Accept matching key, unless
-// key is "") yields the response, its header cleaned for the client, and the
-// backend's end of the tunnel. Otherwise the client has been answered (the
-// backend's own answer other than 101, or the error status), t released,
-// and ok is false.
-func (p *proxy) openBackend(w http.ResponseWriter, r *http.Request, t *websocket.Tunnel, out *http.Request, key string) (res *http.Response, backend *websocket.ConnEnd, ok bool) {
+// that switches to WebSocket with Sec-WebSocket-Accept matching key yields
+// the response, its header cleaned for the client, and the backend's end of
+// the tunnel. Otherwise the client has been answered (the backend's own
+// answer other than 101, or the error status), t released, and ok is false.
+// For a translated extended CONNECT (connect), a backend 2xx is a 502: over
+// HTTP/2 and HTTP/3 a 2xx would tell the client the tunnel is open.
+func (p *proxy) openBackend(w http.ResponseWriter, r *http.Request, t *websocket.Tunnel, out *http.Request, key string, connect bool) (res *http.Response, backend *websocket.ConnEnd, ok bool) {
 	res, conn, err := p.handshake(out)
 	switch {
 	case err != nil:
 		t.Release()
 		p.handleError(w, r, err)
 		return nil, nil, false
+	case connect && res.StatusCode >= 200 && res.StatusCode < 300:
+		err = errWrongUpgrade
 	case res.StatusCode != http.StatusSwitchingProtocols:
 		t.Release()
 		p.relayResponse(w, res)
 		return nil, nil, false
 	case !websocket.AcceptsUpgrade(res.StatusCode, res.Header):
 		err = errWrongUpgrade
-	case key != "" && res.Header.Get("Sec-Websocket-Accept") != websocket.AcceptKey(key):
+	case res.Header.Get("Sec-Websocket-Accept") != websocket.AcceptKey(key):
 		err = errBadAccept
 	}
 	if err != nil {

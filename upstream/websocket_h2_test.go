@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -287,6 +288,21 @@ func TestExtendedConnectRefusals(t *testing.T) {
 	body, _ := io.ReadAll(res.Body)
 	if res.StatusCode != http.StatusForbidden || string(body) != "no" {
 		t.Errorf("backend's 403: got %d %q", res.StatusCode, body)
+	}
+
+	// A backend that ignores the upgrade and answers 200: over HTTP/2 a 2xx
+	// would tell the client its tunnel is open, so the client gets 502.
+	ignoring := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "<html>not a websocket</html>")
+	}))
+	t.Cleanup(ignoring.Close)
+	front2 := newH2Front(t, NewProxy(newTestPool(t, nil, ignoring.URL), quietOptions()))
+	tr2 := h2Transport(front2)
+	t.Cleanup(tr2.CloseIdleConnections)
+	_, res = dialStream(t, tr2, front2.URL+"/", nil)
+	body, _ = io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusBadGateway || strings.Contains(string(body), "html") {
+		t.Errorf("backend's 200 to a translated CONNECT: got %d %q, want 502", res.StatusCode, body)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -493,5 +494,54 @@ func TestWebSocketBufferBoundaries(t *testing.T) {
 				echoOnce(t, c, websocket.MessageBinary, msg)
 			}
 		})
+	}
+}
+
+// TestWebSocketHandshakeChecks: a request without a proper key or version
+// is no WebSocket handshake, and a backend's 101 must carry the accept value
+// for the client's key — otherwise a backend endpoint that answers 101
+// without speaking WebSocket would become a raw pipe to the backend.
+func TestWebSocketHandshakeChecks(t *testing.T) {
+	t.Parallel()
+	var fakeHits atomic.Int32
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fakeHits.Add(1)
+		w.Header().Set("Upgrade", "websocket")
+		w.Header().Set("Connection", "Upgrade")
+		w.WriteHeader(http.StatusSwitchingProtocols) // no Sec-WebSocket-Accept
+	}))
+	t.Cleanup(fake.Close)
+	front := httptest.NewServer(NewProxy(newTestPool(t, nil, fake.URL), quietOptions()))
+	t.Cleanup(front.Close)
+	tests := []struct {
+		name, key, version string
+		status             int
+		reachesBackend     bool
+	}{
+		{"no key", "", "13", http.StatusBadRequest, false},
+		{"short key", "c2hvcnQ=", "13", http.StatusBadRequest, false},
+		{"old version", "dGhlIHNhbXBsZSBub25jZQ==", "8", http.StatusUpgradeRequired, false},
+		{"fake 101 from the backend", "dGhlIHNhbXBsZSBub25jZQ==", "13", http.StatusBadGateway, true},
+	}
+	for _, tt := range tests {
+		before := fakeHits.Load()
+		req, _ := http.NewRequest("GET", front.URL+"/ws", nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", tt.version)
+		if tt.key != "" {
+			req.Header.Set("Sec-WebSocket-Key", tt.key)
+		}
+		res, err := front.Client().Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != tt.status {
+			t.Errorf("%s: status %d, want %d", tt.name, res.StatusCode, tt.status)
+		}
+		if reached := fakeHits.Load() > before; reached != tt.reachesBackend {
+			t.Errorf("%s: reached the backend = %v, want %v", tt.name, reached, tt.reachesBackend)
+		}
 	}
 }

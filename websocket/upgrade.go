@@ -110,3 +110,10 @@ func AcceptKey(key string) string {
 	h.Write([]byte(acceptGUID))
 	return base64.StdEncoding.EncodeToString(h.Sum(nil))
 }
+
+// ValidKey reports whether key is a Sec-WebSocket-Key as RFC 6455 §4.1
+// requires: the base64 encoding of 16 bytes.
+func ValidKey(key string) bool {
+	b, err := base64.StdEncoding.DecodeString(key)
+	return err == nil && len(b) == 16
+}
