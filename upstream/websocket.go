@@ -72,6 +72,12 @@ func (p *proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	handedOff := false
+	defer func() { // a panic before the tunnel runs must not keep its slot
+		if !handedOff {
+			t.Release()
+		}
+	}()
 	res, backend, ok := p.openBackend(w, r, t, p.upgradeRequest(r), key, false)
 	if !ok {
 		return
@@ -98,6 +104,7 @@ func (p *proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) {
 		b, _ := brw.Reader.Peek(n)
 		client.Buffered = bytes.Clone(b)
 	}
+	handedOff = true
 	go p.runTunnel(t, client, backend, newTunnelInfo(r, res))
 }
 
@@ -119,6 +126,7 @@ func (p *proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	defer t.Release() // a no-op once the tunnel ran; frees the slot after a panic
 	key := websocket.NewKey()
 	out := p.upgradeRequest(r)
 	out.Method = http.MethodGet
