@@ -5,8 +5,6 @@ package integration
 
 import (
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -36,26 +34,6 @@ func startPebbleGateway(t *testing.T, opts pebbleOptions, acme func(p *pebbleCA)
 		return nil, []string{"run", "--config", g.ConfigPath}, g.HTTPAddr()
 	})
 	return g, p
-}
-
-// waitCertWithin is waitCert with its own bound.
-func waitCertWithin(t testing.TB, g *tlsGateway, sni string, roots *x509.CertPool, d time.Duration) tls.ConnectionState {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		cs, err := handshake(g.HTTPSAddr(), sni, roots, 5*time.Second)
-		if err == nil {
-			return cs
-		}
-		if g.Exited() {
-			t.Fatalf("gateway exited (code %d) while waiting for a certificate for %s: last handshake error: %v",
-				g.Cmd.ProcessState.ExitCode(), sni, err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no verified TLS handshake for %s on %s within %v: last error: %v", sni, g.HTTPSAddr(), d, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // logLineAtWarnOrError reports whether m is a WARN or ERROR line whose JSON

@@ -43,28 +43,14 @@ const certWait = 30 * time.Second
 // ago (https_port serves h1/h2 on TCP and h3 on UDP with the same number).
 func freeTCPUDPPort(t testing.TB) int {
 	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("picking a free port: %v", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
+	return pickPort(t, "TCP+UDP", func(port int) bool {
 		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		l.Close()
 		if err != nil {
-			continue
+			return false
 		}
 		pc.Close()
-		portMu.Lock()
-		taken := usedPorts[port]
-		usedPorts[port] = true
-		portMu.Unlock()
-		if !taken {
-			return port
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP after 100 tries")
-	return 0
+		return true
+	})
 }
 
 // ---------------------------------------------------------------- DNS

@@ -59,13 +59,24 @@ var (
 // other caller in this process has been given.
 func freePort(t testing.TB) int {
 	t.Helper()
+	return pickPort(t, "TCP", func(int) bool { return true })
+}
+
+// pickPort returns a loopback TCP port that was free a moment ago, that
+// also passes ok, and that no other caller in this process has been given.
+func pickPort(t testing.TB, what string, ok func(port int) bool) int {
+	t.Helper()
 	for range 100 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatalf("picking a free port: %v", err)
 		}
 		port := l.Addr().(*net.TCPAddr).Port
+		good := ok(port)
 		l.Close()
+		if !good {
+			continue
+		}
 		portMu.Lock()
 		taken := usedPorts[port]
 		usedPorts[port] = true
@@ -74,7 +85,7 @@ func freePort(t testing.TB) int {
 			return port
 		}
 	}
-	t.Fatal("no unused free port after 100 tries")
+	t.Fatalf("no unused free %s port after 100 tries", what)
 	return 0
 }
 

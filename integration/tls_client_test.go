@@ -42,7 +42,13 @@ func handshake(addr, sni string, roots *x509.CertPool, timeout time.Duration) (t
 // failing the test after certWait or if the gateway exits.
 func waitCert(t testing.TB, g *tlsGateway, sni string, roots *x509.CertPool) tls.ConnectionState {
 	t.Helper()
-	deadline := time.Now().Add(certWait)
+	return waitCertWithin(t, g, sni, roots, certWait)
+}
+
+// waitCertWithin is waitCert with its own bound.
+func waitCertWithin(t testing.TB, g *tlsGateway, sni string, roots *x509.CertPool, d time.Duration) tls.ConnectionState {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		cs, err := handshake(g.HTTPSAddr(), sni, roots, 5*time.Second)
 		if err == nil {
@@ -53,7 +59,7 @@ func waitCert(t testing.TB, g *tlsGateway, sni string, roots *x509.CertPool) tls
 				g.Cmd.ProcessState.ExitCode(), sni, err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no verified TLS handshake for %s on %s within %v: last error: %v", sni, g.HTTPSAddr(), certWait, err)
+			t.Fatalf("no verified TLS handshake for %s on %s within %v: last error: %v", sni, g.HTTPSAddr(), d, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
