@@ -365,13 +365,9 @@ func caNewRoot(now time.Time) (*x509.Certificate, crypto.Signer, error) {
 		MaxPathLen:            1,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	cert, err := caCreate(tmpl, tmpl, key.Public(), key, "root")
 	if err != nil {
-		return nil, nil, fmt.Errorf("internal CA: creating root certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, fmt.Errorf("internal CA: parsing new root certificate: %w", err)
+		return nil, nil, err
 	}
 	return cert, key, nil
 }
@@ -396,15 +392,25 @@ func caSignIntermediate(root *x509.Certificate, rootKey crypto.Signer, notBefore
 		MaxPathLenZero:        true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
+	cert, err := caCreate(tmpl, root, key.Public(), rootKey, "intermediate")
 	if err != nil {
-		return nil, nil, fmt.Errorf("internal CA: signing intermediate certificate: %w", err)
+		return nil, nil, err
+	}
+	return cert, key, nil
+}
+
+// caCreate signs tmpl with signer as parent and parses the result; what
+// names the certificate in errors.
+func caCreate(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer, what string) (*x509.Certificate, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("internal CA: creating %s certificate: %w", what, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, fmt.Errorf("internal CA: parsing new intermediate certificate: %w", err)
+		return nil, fmt.Errorf("internal CA: parsing new %s certificate: %w", what, err)
 	}
-	return cert, key, nil
+	return cert, nil
 }
 
 // caSerial returns a random positive serial number of at most 128 bits.
