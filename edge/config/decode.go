@@ -54,6 +54,7 @@ var (
 	urlPtrType   = reflect.TypeFor[*url.URL]()
 	tlsType      = reflect.TypeFor[TLS]()
 	refType      = reflect.TypeFor[UpstreamRef]()
+	statusType   = reflect.TypeFor[StatusRange]()
 )
 
 // sectionNames name a struct type in "unknown key" messages.
@@ -181,6 +182,8 @@ func (d *decoder) decodeValue(n *yaml.Node, v reflect.Value, depth int) bool {
 		return d.decodeTLS(n, v.Addr().Interface().(*TLS), depth)
 	case refType:
 		return d.decodeRef(n, v.Addr().Interface().(*UpstreamRef), depth)
+	case statusType:
+		return scalarInto(d, n, "a status code or range", v, parseStatusRange)
 	}
 	switch v.Kind() {
 	case reflect.Pointer:

@@ -71,7 +71,7 @@ func TestMoreErrors(t *testing.T) {
 		{"health check values", "upstreams:\n  a:\n    backends: [{url: 'http://a'}]\n    health_check: {path: x, interval: 0, expect_status: 42, rise: 0}\n" + okSite, []string{
 			`name.yaml:4:26: health_check path must start with "/", got "x"`,
 			"name.yaml:4:39: health_check interval must be more than 0",
-			"name.yaml:4:57: expect_status must be 100..599, got 42",
+			`name.yaml:4:57: bad status "42": want a code such as 200, a range such as 200-399 or a class such as 2xx`,
 			"name.yaml:4:67: rise must be at least 1, got 0"}},
 		{"etcd", "global: {storage: {etcd: {prefix: x}}}\n" + okSite, []string{
 			"name.yaml:1:26: etcd needs at least one endpoint",
@@ -103,7 +103,8 @@ func TestAdmin(t *testing.T) {
 		{"admin: off", ""},
 		{`admin: ""`, ""},
 		{"admin: 127.0.0.1:9000", "127.0.0.1:9000"},
-		{"admin: ':9000'", ":9000"},
+		{"admin: ':9000', admin_public: true", ":9000"},
+		{"admin: '[::1]:9000'", "[::1]:9000"},
 		{"admin: localhost:9000", "localhost:9000"},
 	}
 	for _, tt := range tests {
@@ -173,3 +174,32 @@ func TestAliasBomb(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestAdminNotLoopback(t *testing.T) {
+	t.Parallel()
+	for _, in := range []string{"':9000'", "0.0.0.0:2019", "10.1.2.3:2019", "example.com:2019"} {
+		_, err := Parse("name.yaml", []byte("global: {admin: "+in+"}\n"+okSite))
+		if err == nil || !strings.Contains(err.Error(), "name.yaml:1:17: admin address") || !strings.Contains(err.Error(), "admin_public") {
+			t.Errorf("admin %s: err = %v, want a not-loopback error at 1:17", in, err)
+		}
+	}
+}
+
+func TestStatusRange(t *testing.T) {
+	t.Parallel()
+	ok := map[string]StatusRange{"200": {200, 200}, "2xx": {200, 299}, "5XX": {500, 599}, "200-399": {200, 399}, " 204 ": {204, 204}}
+	for in, want := range ok {
+		got, err := parseStatusRange(in)
+		if err != nil || got != want {
+			t.Errorf("parseStatusRange(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "42", "600", "6xx", "399-200", "2x", "200-", "abc", "2000"} {
+		if _, err := parseStatusRange(in); err == nil {
+			t.Errorf("parseStatusRange(%q) succeeded", in)
+		}
+	}
+	if !(StatusRange{200, 299}).Contains(204) || (StatusRange{200, 299}).Contains(300) {
+		t.Error("Contains")
+	}
+}

@@ -233,14 +233,34 @@ func (d *decoder) upstreamDefaults(u *Upstream) {
 	durationDefault(d, &u.Timeouts.Dial, 3*time.Second)
 	durationDefault(d, &u.Timeouts.ResponseHeader, 30*time.Second)
 	durationDefault(d, &u.Timeouts.Idle, 90*time.Second)
+	durationDefault(d, &u.Timeouts.Queue, time.Second)
 	if h := u.HealthCheck; h != nil {
 		if h.Path == "" {
 			h.Path = "/"
 		}
 		durationDefault(d, &h.Interval, 5*time.Second)
 		durationDefault(d, &h.Timeout, 2*time.Second)
-		intDefault(d, &h.ExpectStatus, 200)
+		if !d.has(&h.ExpectStatus) {
+			h.ExpectStatus = StatusRange{200, 399}
+		}
 		intDefault(d, &h.Rise, 2)
 		intDefault(d, &h.Fall, 3)
+	}
+	if u.Balance == "cookie" && u.Sticky == nil {
+		u.Sticky = &Sticky{}
+	}
+	if s := u.Sticky; s != nil && s.Cookie == "" {
+		s.Cookie = "gatehouse_sticky"
+	}
+	ph := &u.PassiveHealth
+	intDefault(d, &ph.MaxFails, 3)
+	durationDefault(d, &ph.Window, 10*time.Second)
+	durationDefault(d, &ph.Cooldown, 10*time.Second)
+	durationDefault(d, &ph.MaxCooldown, 5*time.Minute)
+	intDefault(d, &ph.MaxEjectedPercent, 50)
+	intDefault(d, &u.Retries.Max, 2)
+	intDefault(d, &u.Retries.BudgetPercent, 20)
+	if !d.has(&u.Retries.MaxBody) {
+		u.Retries.MaxBody = 64 << 10
 	}
 }

@@ -259,3 +259,36 @@ func parseBool(s string) (bool, bool) {
 	}
 	return false, false
 }
+
+// parseStatusRange parses an HTTP status code ("200"), an inclusive range
+// ("200-399") or a class ("2xx"), all within 100..599.
+func parseStatusRange(s string) (StatusRange, error) {
+	orig := s
+	s = strings.ToLower(strings.TrimSpace(s))
+	bad := fmt.Errorf("bad status %q: want a code such as 200, a range such as 200-399 or a class such as 2xx", orig)
+	code := func(t string) (int, bool) {
+		t = strings.TrimSpace(t)
+		if len(t) != 3 || !isNumber(t) {
+			return 0, false
+		}
+		n, _ := strconv.Atoi(t)
+		return n, n >= 100 && n <= 599
+	}
+	if len(s) == 3 && s[1:] == "xx" && s[0] >= '1' && s[0] <= '5' {
+		base := int(s[0]-'0') * 100
+		return StatusRange{base, base + 99}, nil
+	}
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, ok := code(lo)
+	if !ok {
+		return StatusRange{}, bad
+	}
+	if !isRange {
+		return StatusRange{a, a}, nil
+	}
+	b, ok := code(hi)
+	if !ok || b < a {
+		return StatusRange{}, bad
+	}
+	return StatusRange{a, b}, nil
+}

@@ -42,6 +42,9 @@ type Global struct {
 	Listen          string        `yaml:"listen"`           // default 0.0.0.0
 	HTTP3           *bool         `yaml:"http3"`            // default true
 	Admin           string        `yaml:"admin"`            // default 127.0.0.1:2019; "" after Load means disabled (written "off" or "")
+	// AdminPublic allows Admin on a non-loopback address (the admin API can
+	// purge the cache and reload the config: it has no authentication).
+	AdminPublic bool `yaml:"admin_public"`
 	ShutdownTimeout Duration      `yaml:"shutdown_timeout"` // default 10s
 	TrustedProxies  []Prefix      `yaml:"trusted_proxies"`  // CIDRs or single IPs
 	Limits          ServerLimits  `yaml:"limits"`
@@ -98,6 +101,9 @@ type OnDemand struct {
 // CacheSettings are the response cache's global settings.
 type CacheSettings struct {
 	MaxSize Size `yaml:"max_size"` // default 256MiB
+	// MaxObjectSize: larger responses stream through but are not stored.
+	// Default (0): an eighth of MaxSize, at most 64MiB.
+	MaxObjectSize Size `yaml:"max_object_size"`
 }
 
 // Storage selects where certificates live; nil Etcd means files in DataDir.
@@ -123,22 +129,78 @@ type Upstream struct {
 	// HostHeader, when set, replaces the client's Host on requests to this
 	// upstream. Empty keeps the client's Host.
 	HostHeader string `yaml:"host_header"`
+	// HashHeader is the request header whose value picks the backend for
+	// balance: header_hash (required there, ignored otherwise).
+	HashHeader string `yaml:"hash_header"`
+	// Sticky configures balance: cookie (defaults apply when absent).
+	Sticky        *Sticky       `yaml:"sticky"`
+	PassiveHealth PassiveHealth `yaml:"passive_health"`
+	Retries       Retries       `yaml:"retries"`
 }
 
 // Backend is one server of an upstream.
 type Backend struct {
 	URL    *url.URL `yaml:"url"`    // scheme http, https or h2c; no path, query or fragment
 	Weight int      `yaml:"weight"` // default 1
+	// MaxConns caps concurrent requests to this backend (0: no cap). Over
+	// it a request waits up to timeouts.queue for a slot, then gets 503.
+	MaxConns int `yaml:"max_conns"`
 }
 
-// HealthCheck configures active health checks (built by the upstream-pools work).
+// Sticky is the signed affinity cookie of balance: cookie.
+type Sticky struct {
+	Cookie string `yaml:"cookie"` // default "gatehouse_sticky"
+	// Secret signs the cookie (HMAC-SHA256). Default: a random key per
+	// process, so affinity does not survive a restart; set it (from
+	// ${VAR}) to keep sessions across restarts and instances.
+	Secret string   `yaml:"secret"`
+	MaxAge Duration `yaml:"max_age"` // default 0: a session cookie
+}
+
+// HealthCheck configures active health checks: one checker per pool probes
+// every backend each Interval (with up to 10% jitter).
 type HealthCheck struct {
-	Path         string   `yaml:"path"`
-	Interval     Duration `yaml:"interval"`
-	Timeout      Duration `yaml:"timeout"`
-	ExpectStatus int      `yaml:"expect_status"`
-	Rise         int      `yaml:"rise"`
-	Fall         int      `yaml:"fall"`
+	Path         string      `yaml:"path"`          // default "/"
+	Interval     Duration    `yaml:"interval"`      // default 5s
+	Timeout      Duration    `yaml:"timeout"`       // default 2s
+	ExpectStatus StatusRange `yaml:"expect_status"` // default 200-399; 200, "200-299" or "2xx"
+	ExpectBody   string      `yaml:"expect_body"`   // substring the body must contain; "" = any
+	Rise         int         `yaml:"rise"`          // default 2: passes in a row to return to rotation
+	Fall         int         `yaml:"fall"`          // default 3: failures in a row to leave rotation
+	Host         string      `yaml:"host"`          // Host header of probes; default: the backend's host:port
+}
+
+// StatusRange is an inclusive range of HTTP status codes, written as a
+// single code (200), a range ("200-399") or a class ("2xx").
+type StatusRange struct{ Min, Max int }
+
+// Contains reports whether code is in the range.
+func (r StatusRange) Contains(code int) bool { return r.Min <= code && code <= r.Max }
+
+// PassiveHealth ejects a backend after MaxFails consecutive failures
+// (connect errors, timeouts and, with FailOn5xx, 5xx answers) within Window,
+// for Cooldown, doubling on each repeated ejection up to MaxCooldown.
+type PassiveHealth struct {
+	MaxFails    int      `yaml:"max_fails"`    // default 3; 0 turns passive health off
+	Window      Duration `yaml:"window"`       // default 10s
+	Cooldown    Duration `yaml:"cooldown"`     // default 10s
+	MaxCooldown Duration `yaml:"max_cooldown"` // default 5m
+	FailOn5xx   bool     `yaml:"fail_on_5xx"`  // default false
+	// MaxEjectedPercent: never eject more than this share of the pool
+	// (at least one backend always stays). Default 50.
+	MaxEjectedPercent int `yaml:"max_ejected_percent"`
+}
+
+// Retries says when a failed attempt is repeated on another backend. A dial
+// failure (nothing was sent) is always retried, for any method; other
+// failures only for idempotent methods whose body is empty or buffered
+// within MaxBody, and never after a response byte reached the client.
+type Retries struct {
+	Max int `yaml:"max"` // default 2: extra attempts per request; 0 retries only dial failures
+	// BudgetPercent caps retries (other than dial failovers) at this share
+	// of the pool's recent requests. Default 20.
+	BudgetPercent int  `yaml:"budget_percent"`
+	MaxBody       Size `yaml:"max_body"` // default 64KiB: larger bodies are not buffered, so not retried
 }
 
 // Timeouts towards an upstream.
@@ -146,6 +208,7 @@ type Timeouts struct {
 	Dial           Duration `yaml:"dial"`            // default 3s
 	ResponseHeader Duration `yaml:"response_header"` // default 30s
 	Idle           Duration `yaml:"idle"`            // default 90s: idle keep-alive conns closed after
+	Queue          Duration `yaml:"queue"`           // default 1s: wait for a backend under max_conns
 }
 
 // UpstreamTLS configures TLS towards https backends.
@@ -187,7 +250,22 @@ type TLS struct {
 
 // SiteHeaders configures the security-headers stage.
 type SiteHeaders struct {
-	HSTS *HSTS `yaml:"hsts"`
+	// Security turns the stage on (default) or off for the site.
+	Security *bool `yaml:"security"`
+	// HSTS defaults to max_age 365d for tls: auto and on_demand sites (whose
+	// certificates are publicly trusted) and to none for the others.
+	// max_age: 0 sends "max-age=0", which tells browsers to forget it.
+	HSTS              *HSTS  `yaml:"hsts"`
+	CSP               string `yaml:"csp"`                // Content-Security-Policy; default none
+	PermissionsPolicy string `yaml:"permissions_policy"` // default none
+	ReferrerPolicy    string `yaml:"referrer_policy"`    // default strict-origin-when-cross-origin; "off" omits
+	FrameOptions      string `yaml:"frame_options"`      // default SAMEORIGIN; "off" omits
+	// Override makes these values replace the ones a backend sent
+	// (default: the backend's header wins).
+	Override bool `yaml:"override"`
+	// KeepServer keeps the backend's Server and X-Powered-By headers
+	// (default: removed).
+	KeepServer bool `yaml:"keep_server"`
 }
 
 // HSTS is the Strict-Transport-Security policy.
@@ -209,6 +287,23 @@ type Route struct {
 	// WebSocket tunes WebSocket tunnels on a proxied route (upgrades pass
 	// through every proxied route; this only changes their limits).
 	WebSocket WebSocket `yaml:"websocket"`
+	// Headers edits request headers before the action and response headers
+	// after it.
+	Headers RouteHeaders `yaml:"headers"`
+}
+
+// RouteHeaders are a route's header edits.
+type RouteHeaders struct {
+	Request  HeaderOps `yaml:"request"`
+	Response HeaderOps `yaml:"response"`
+}
+
+// HeaderOps edit one header map: Remove first, then Set, then Add. Names
+// are canonicalised by Load; values are literal.
+type HeaderOps struct {
+	Add    map[string]string `yaml:"add"`
+	Set    map[string]string `yaml:"set"`
+	Remove []string          `yaml:"remove"`
 }
 
 // WebSocket limits the WebSocket tunnels of one route.

@@ -73,22 +73,19 @@ func (c *Config) Unsupported() Errors {
 func (d *decoder) warnings(cfg *Config) []string {
 	w := problems{file: d.file}
 	for _, s := range cfg.Sites {
-		if s.Cache {
-			w.add(d.pos(&s.Cache), "cache is not built yet; responses are not cached")
-		}
 		if len(s.Encode) > 0 {
 			w.add(d.pos(&s.Encode), "encode is not built yet; responses are not compressed")
 		}
-		if s.Headers.HSTS != nil {
-			w.add(d.pos(&s.Headers.HSTS), "headers.hsts is not built yet; no Strict-Transport-Security header is sent")
-		}
 	}
 	for _, u := range cfg.Upstreams {
-		if u.HealthCheck != nil {
-			w.add(d.pos(&u.HealthCheck), "health_check is not built yet; every backend is treated as healthy")
+		if u.Sticky != nil && u.Balance != "cookie" && d.has(u.Sticky) {
+			w.add(d.pos(u.Sticky), "sticky has no effect unless balance is cookie")
 		}
-		if u.Balance != defaultBalance {
-			w.add(d.pos(&u.Balance), "balance %s is not built yet; using %s", u.Balance, defaultBalance)
+		if u.HashHeader != "" && u.Balance != "header_hash" {
+			w.add(d.pos(&u.HashHeader), "hash_header has no effect unless balance is header_hash")
+		}
+		if s := u.Sticky; u.Balance == "cookie" && s != nil && s.Secret == "" {
+			w.add(d.pos(&u.Balance), "balance cookie without sticky.secret: a random key is used, so affinity does not survive a restart or span instances")
 		}
 	}
 	if len(w.list) == 0 {

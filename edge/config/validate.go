@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"os"
 	"regexp"
@@ -105,7 +106,12 @@ func (d *decoder) validateGlobal(cfg *Config) {
 	if g.Admin != "" {
 		if msg := checkHostPort(g.Admin); msg != "" {
 			d.add(d.pos(&g.Admin), "bad admin address %q: %s, or \"off\"", g.Admin, msg)
+		} else if !g.AdminPublic && !loopbackHostPort(g.Admin) {
+			d.add(d.pos(&g.Admin), "admin address %q is not loopback: the admin API has no authentication; use 127.0.0.1 or [::1], or set admin_public: true", g.Admin)
 		}
+	}
+	if c := g.Cache; c.MaxObjectSize > c.MaxSize && c.MaxSize > 0 {
+		d.add(d.pos(&g.Cache.MaxObjectSize), "cache max_object_size (%d bytes) must not exceed max_size (%d bytes)", c.MaxObjectSize, c.MaxSize)
 	}
 	if g.Email != "" && (!strings.Contains(g.Email, "@") || strings.ContainsAny(g.Email, " \t\r\n")) {
 		d.add(d.pos(&g.Email), "bad email %q", g.Email)
@@ -187,6 +193,56 @@ func (d *decoder) validateUpstream(u *Upstream) {
 	if !slices.Contains(balances, u.Balance) {
 		d.add(d.pos(&u.Balance), "unknown balance %q: expected %s", u.Balance, orList(balances))
 	}
+	if u.Balance == "header_hash" && u.HashHeader == "" {
+		d.add(d.pos(&u.Balance), "balance header_hash needs hash_header: the request header to hash")
+	}
+	if u.HashHeader != "" && !validHeaderName(u.HashHeader) {
+		d.add(d.pos(&u.HashHeader), "bad hash_header %q", u.HashHeader)
+	}
+	if s := u.Sticky; s != nil {
+		if !validHeaderName(s.Cookie) || strings.ContainsAny(s.Cookie, "=,; ") {
+			d.add(d.pos(&s.Cookie, s), "bad sticky cookie name %q", s.Cookie)
+		}
+		if s.Secret != "" && len(s.Secret) < 16 {
+			d.add(d.pos(&s.Secret), "sticky secret must be at least 16 characters")
+		}
+		if s.MaxAge < 0 {
+			d.add(d.pos(&s.MaxAge), "sticky max_age must not be negative")
+		}
+	}
+	for _, b := range u.Backends {
+		if b != nil && b.MaxConns < 0 {
+			d.add(d.pos(&b.MaxConns), "max_conns must not be negative (0 means no cap), got %d", b.MaxConns)
+		}
+	}
+	if ph := u.PassiveHealth; ph.MaxFails < 0 {
+		d.add(d.pos(&u.PassiveHealth.MaxFails), "passive_health max_fails must not be negative (0 turns it off)")
+	} else if ph.MaxFails > 0 {
+		if ph.Window <= 0 {
+			d.add(d.pos(&u.PassiveHealth.Window), "passive_health window must be more than 0")
+		}
+		if ph.Cooldown <= 0 {
+			d.add(d.pos(&u.PassiveHealth.Cooldown), "passive_health cooldown must be more than 0")
+		}
+		if ph.MaxCooldown < ph.Cooldown {
+			d.add(d.pos(&u.PassiveHealth.MaxCooldown), "passive_health max_cooldown (%s) must be at least cooldown (%s)", ph.MaxCooldown.D(), ph.Cooldown.D())
+		}
+		if ph.MaxEjectedPercent < 0 || ph.MaxEjectedPercent > 100 {
+			d.add(d.pos(&u.PassiveHealth.MaxEjectedPercent), "passive_health max_ejected_percent must be 0..100, got %d", ph.MaxEjectedPercent)
+		}
+	}
+	if rt := u.Retries; rt.Max < 0 || rt.Max > 10 {
+		d.add(d.pos(&u.Retries.Max), "retries max must be 0..10, got %d", rt.Max)
+	}
+	if rt := u.Retries; rt.BudgetPercent < 0 || rt.BudgetPercent > 100 {
+		d.add(d.pos(&u.Retries.BudgetPercent), "retries budget_percent must be 0..100, got %d", rt.BudgetPercent)
+	}
+	if u.Retries.MaxBody > 16<<20 {
+		d.add(d.pos(&u.Retries.MaxBody), "retries max_body must be at most 16MiB (it is buffered in memory)")
+	}
+	if u.Timeouts.Queue < 0 {
+		d.add(d.pos(&u.Timeouts.Queue), "timeouts queue must not be negative")
+	}
 	if h := u.HealthCheck; h != nil {
 		if !strings.HasPrefix(h.Path, "/") {
 			d.add(d.pos(&h.Path), "health_check path must start with \"/\", got %q", h.Path)
@@ -197,8 +253,11 @@ func (d *decoder) validateUpstream(u *Upstream) {
 		if h.Timeout <= 0 {
 			d.add(d.pos(&h.Timeout), "health_check timeout must be more than 0")
 		}
-		if h.ExpectStatus < 100 || h.ExpectStatus > 599 {
-			d.add(d.pos(&h.ExpectStatus), "expect_status must be 100..599, got %d", h.ExpectStatus)
+		if strings.ContainsAny(h.Host, " \t\r\n\x00/") {
+			d.add(d.pos(&h.Host), "bad health_check host %q", h.Host)
+		}
+		if h.Timeout > h.Interval && h.Interval > 0 {
+			d.add(d.pos(&h.Timeout), "health_check timeout (%s) must not exceed interval (%s)", h.Timeout.D(), h.Interval.D())
 		}
 		if h.Rise < 1 {
 			d.add(d.pos(&h.Rise), "rise must be at least 1, got %d", h.Rise)
@@ -236,6 +295,7 @@ func (d *decoder) validateSites(cfg *Config, names []string) {
 		if len(s.Hosts) == 0 && !d.failed(&s.Hosts) {
 			d.add(d.pos(&s.Hosts, s), "site needs at least one host")
 		}
+		d.validateSiteHeaders(s)
 		for i, raw := range s.Hosts {
 			at := d.pos(&s.Hosts[i])
 			h, msg := normalizeHost(raw)
@@ -370,6 +430,8 @@ func (d *decoder) validateRoute(cfg *Config, s *Site, r *Route, names []string) 
 			d.add(d.pos(&rd.Status), "redirect status must be 301, 302, 303, 307 or 308, got %d", rd.Status)
 		}
 	}
+	d.checkHeaderOps(&r.Headers.Request, true)
+	d.checkHeaderOps(&r.Headers.Response, false)
 	if st := r.Static; st != nil && st.Root == "" {
 		d.add(d.pos(&st.Root, st), "static needs a root directory")
 	}
@@ -538,5 +600,78 @@ func (d *decoder) validateFiles(cfg *Config) {
 			d.checkReadable(&s.TLS.Cert, "tls cert", &s.TLS)
 			d.checkReadable(&s.TLS.Key, "tls key", &s.TLS)
 		}
+	}
+}
+
+// loopbackHostPort reports whether a host:port names a loopback address
+// ("localhost" counts).
+func loopbackHostPort(hp string) bool {
+	host, _, err := net.SplitHostPort(hp)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// framing are headers a route may not edit: they describe the message
+// itself, and net/http or the forwarder owns them.
+var framing = []string{"Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "Te", "Trailer", "Keep-Alive", "Proxy-Connection"}
+
+// checkHeaderOps validates and canonicalises one route header edit.
+func (d *decoder) checkHeaderOps(ops *HeaderOps, request bool) {
+	check := func(name string) (string, bool) {
+		if !validHeaderName(name) {
+			d.add(d.pos(ops), "bad header name %q", name)
+			return "", false
+		}
+		c := textproto.CanonicalMIMEHeaderKey(name)
+		if slices.Contains(framing, c) || (request && c == "Host") {
+			d.add(d.pos(ops), "header %s cannot be edited by a route", c)
+			return "", false
+		}
+		return c, true
+	}
+	canon := func(m map[string]string) map[string]string {
+		if len(m) == 0 {
+			return m
+		}
+		out := make(map[string]string, len(m))
+		for name, v := range m {
+			if strings.ContainsAny(v, "\r\n\x00") {
+				d.add(d.pos(ops), "header %q: value must not contain line breaks", name)
+			}
+			if c, ok := check(name); ok {
+				out[c] = v
+			}
+		}
+		return out
+	}
+	ops.Add, ops.Set = canon(ops.Add), canon(ops.Set)
+	for i, name := range ops.Remove {
+		if c, ok := check(name); ok {
+			ops.Remove[i] = c
+		}
+	}
+}
+
+// validateSiteHeaders checks the security-headers settings of s.
+func (d *decoder) validateSiteHeaders(s *Site) {
+	h := &s.Headers
+	for _, v := range []*string{&h.CSP, &h.PermissionsPolicy, &h.ReferrerPolicy, &h.FrameOptions} {
+		if strings.ContainsAny(*v, "\r\n\x00") {
+			d.add(d.pos(v, h, s), "header value must not contain line breaks")
+		}
+	}
+	switch strings.ToLower(h.FrameOptions) {
+	case "", "off", "deny", "sameorigin":
+	default:
+		d.add(d.pos(&h.FrameOptions), "frame_options must be DENY, SAMEORIGIN or off, got %q", h.FrameOptions)
+	}
+	if x := h.HSTS; x != nil && x.MaxAge < 0 {
+		d.add(d.pos(&x.MaxAge, x), "hsts max_age must not be negative")
 	}
 }
