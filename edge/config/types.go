@@ -35,16 +35,16 @@ type Config struct {
 
 // Global holds process-wide settings.
 type Global struct {
-	DataDir         string        `yaml:"data_dir"`         // default ./data
-	Email           string        `yaml:"email"`            // ACME account contact
-	HTTPPort        int           `yaml:"http_port"`        // default 80
-	HTTPSPort       int           `yaml:"https_port"`       // default 443
-	Listen          string        `yaml:"listen"`           // default 0.0.0.0
-	HTTP3           *bool         `yaml:"http3"`            // default true
-	Admin           string        `yaml:"admin"`            // default 127.0.0.1:2019; "" after Load means disabled (written "off" or "")
+	DataDir   string `yaml:"data_dir"`   // default ./data
+	Email     string `yaml:"email"`      // ACME account contact
+	HTTPPort  int    `yaml:"http_port"`  // default 80
+	HTTPSPort int    `yaml:"https_port"` // default 443
+	Listen    string `yaml:"listen"`     // default 0.0.0.0
+	HTTP3     *bool  `yaml:"http3"`      // default true
+	Admin     string `yaml:"admin"`      // default 127.0.0.1:2019; "" after Load means disabled (written "off" or "")
 	// AdminPublic allows Admin on a non-loopback address (the admin API can
 	// purge the cache and reload the config: it has no authentication).
-	AdminPublic bool `yaml:"admin_public"`
+	AdminPublic     bool          `yaml:"admin_public"`
 	ShutdownTimeout Duration      `yaml:"shutdown_timeout"` // default 10s
 	TrustedProxies  []Prefix      `yaml:"trusted_proxies"`  // CIDRs or single IPs
 	Limits          ServerLimits  `yaml:"limits"`
