@@ -5,9 +5,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
+
+	"github.com/gatehouse-proxy/gatehouse/edge/config"
 )
 
 func lookupTable(t *testing.T) *Table {
@@ -172,4 +175,35 @@ func TestConcurrentUse(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestRoutesYieldsEveryRoute(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{Sites: []*config.Site{
+		{Hosts: []string{"a.example"}, Routes: []*config.Route{
+			{Path: "/", Respond: &config.Respond{Status: 200}},
+			{Path: "/x/", Respond: &config.Respond{Status: 200}},
+		}},
+		{Hosts: []string{"b.example"}, Routes: []*config.Route{{Path: "/", Respond: &config.Respond{Status: 204}}}},
+	}}
+	tbl, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for rt := range tbl.Routes() {
+		names = append(names, rt.Name)
+	}
+	slices.Sort(names)
+	if want := []string{"a.example/", "a.example/x/", "b.example/"}; !slices.Equal(names, want) {
+		t.Errorf("Routes = %q, want %q", names, want)
+	}
+	n := 0
+	for range tbl.Routes() {
+		n++
+		break
+	}
+	if n != 1 {
+		t.Error("early break not honoured")
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"iter"
 	"net/http"
 	"slices"
 	"strings"
@@ -247,6 +248,19 @@ func compileRoute(cs *config.Site, cr *config.Route, host string, proxy ProxyFun
 		return nil, err
 	}
 	return rt, nil
+}
+
+// Routes yields every compiled route, site by site in configuration order.
+func (t *Table) Routes() iter.Seq[*Route] {
+	return func(yield func(*Route) bool) {
+		for _, s := range t.sites {
+			for _, rt := range s.routes {
+				if !yield(rt) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // Match finds the route for a host (may contain a port; case-insensitive)

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/textproto"
@@ -640,7 +641,8 @@ func (d *decoder) checkHeaderOps(ops *HeaderOps, request bool) {
 			return m
 		}
 		out := make(map[string]string, len(m))
-		for name, v := range m {
+		for _, name := range slices.Sorted(maps.Keys(m)) {
+			v := m[name]
 			if strings.ContainsAny(v, "\r\n\x00") {
 				d.add(d.pos(ops), "header %q: value must not contain line breaks", name)
 			}
