@@ -335,7 +335,8 @@ func (p *Proc) WaitLog(d time.Duration, what string, match func(map[string]any) 
 // ---------------------------------------------------------------- gateway
 
 // GatewayConfig describes one gateway to start. The harness writes the
-// global: block itself (listen, ports, admin off, data_dir) followed by
+// global: block itself (listen, ports, data_dir, and admin off unless
+// Global sets admin:) followed by
 // Global's lines, then Body.
 type GatewayConfig struct {
 	Global string // extra lines under global:, written unindented
@@ -361,8 +362,11 @@ type Gateway struct {
 // globalBlock renders the global: section every test config uses.
 func globalBlock(httpPort, httpsPort int, dataDir, extra string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "global:\n  listen: 127.0.0.1\n  http_port: %d\n  https_port: %d\n  admin: \"off\"\n  data_dir: %q\n",
+	fmt.Fprintf(&b, "global:\n  listen: 127.0.0.1\n  http_port: %d\n  https_port: %d\n  data_dir: %q\n",
 		httpPort, httpsPort, dataDir)
+	if !strings.Contains(extra, "admin:") {
+		b.WriteString("  admin: \"off\"\n") // parallel gateways would fight over 127.0.0.1:2019
+	}
 	for line := range strings.Lines(strings.TrimSpace(extra)) {
 		b.WriteString("  " + line)
 		if !strings.HasSuffix(line, "\n") {

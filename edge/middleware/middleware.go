@@ -1,7 +1,16 @@
 // Package middleware owns the small, independent stages of Gatehouse's fixed
-// request stack: panic recovery, request ids and access logging (security
-// headers and limits join later). Each stage is a Middleware; the order in
-// which they run is fixed by package edge, never by configuration.
+// request stack: panic recovery, request ids, access logging and security
+// headers (limits join later), plus the per-route header operations
+// (RouteHeaders) that package edge wraps around a route's action. Each stage
+// is a Middleware; the order in which they run is fixed by package edge,
+// never by configuration.
+//
+// Stages that change the response header do so when the final response
+// header goes out (finalWriter, in requestid.go), never before the handler
+// runs: a reverse proxy clears the header map after relaying each 1xx and
+// then copies the backend's header in, so only then can a stage see what the
+// backend sent and be sure its change is sent. Their writers keep Flush,
+// Hijack and http.ResponseController working.
 //
 // Stages import only the standard library and never each other.
 package middleware

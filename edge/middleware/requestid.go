@@ -47,50 +47,87 @@ func RequestID() Middleware {
 // a reverse proxy clears the header map after relaying each 1xx, so a value
 // set before the handler runs would be lost. It is used by one request.
 func SetOnFinal(w http.ResponseWriter, key, value string) *FinalHeaderWriter {
-	return &FinalHeaderWriter{ResponseWriter: w, key: key, value: value}
+	fw := &FinalHeaderWriter{key: key, value: value}
+	fw.finalWriter = finalWriter{ResponseWriter: w, hook: fw}
+	return fw
 }
 
-// FinalHeaderWriter is the writer SetOnFinal returns.
+// FinalHeaderWriter is the writer SetOnFinal returns. Its WriteHeader,
+// Write, Flush, Hijack and Unwrap are those of every final-header writer in
+// this package (see finalWriter).
 type FinalHeaderWriter struct {
-	http.ResponseWriter
+	finalWriter
 	key, value string
-	done       bool // the header has been set on the final response
 }
 
-func (w *FinalHeaderWriter) set() {
+func (w *FinalHeaderWriter) final(h http.Header, _ int) { h.Set(w.key, w.value) }
+
+// set sets the header now unless it already has been (RequestID defers it
+// so that a handler that never writes, or panics, still gets the id).
+func (w *FinalHeaderWriter) set() { w.finish(http.StatusOK) }
+
+// finalHook is what a finalWriter runs, once, on the header map of the
+// final response, just before it goes out. status is the final status, 200
+// when the handler writes or flushes (or returns) without WriteHeader, and
+// 101 for a Hijack that came before any WriteHeader: a hijack is taken to be
+// a protocol switch. A hook is shared by the requests of a stage: it must be
+// safe for concurrent use and keep no per-request state.
+type finalHook interface {
+	final(h http.Header, status int)
+}
+
+// finalWriter runs its hook when the final response header goes out: at the
+// first WriteHeader with a final status (>= 200, or 101), the first Write or
+// Flush, or a Hijack. 1xx responses pass through untouched: a reverse proxy
+// clears the header map after relaying each 1xx and then adds the backend's
+// header to it, so a change made earlier would be lost, and one made at a
+// 1xx would leak into the informational response. Stages defer finish so
+// that a handler that returns (or panics) without writing is covered too.
+// It belongs to one request.
+type finalWriter struct {
+	http.ResponseWriter
+	hook finalHook
+	done bool // the hook has run
+}
+
+// finish runs the hook unless it has run.
+func (w *finalWriter) finish(status int) {
 	if !w.done {
 		w.done = true
-		w.ResponseWriter.Header().Set(w.key, w.value)
+		w.hook.final(w.ResponseWriter.Header(), status)
 	}
 }
 
-// WriteHeader sets the header before a final status.
-func (w *FinalHeaderWriter) WriteHeader(code int) {
+// WriteHeader runs the hook before a final status.
+func (w *finalWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
-		w.set()
+		w.finish(code)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
-func (w *FinalHeaderWriter) Write(p []byte) (int, error) {
-	w.set()
+func (w *finalWriter) Write(p []byte) (int, error) {
+	w.finish(http.StatusOK)
 	return w.ResponseWriter.Write(p)
 }
 
 // Unwrap lets http.NewResponseController reach deadlines and full duplex.
-func (w *FinalHeaderWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *finalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Flush sends the header and flushes. It is explicit because older code
 // type-asserts http.Flusher.
-func (w *FinalHeaderWriter) Flush() {
-	w.set()
+func (w *finalWriter) Flush() {
+	w.finish(http.StatusOK)
 	_ = http.NewResponseController(w.ResponseWriter).Flush()
 }
 
-// Hijack sets the header first: code that writes the header map itself after
-// hijacking (httputil.ReverseProxy relaying a 101) then sends it too.
-func (w *FinalHeaderWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	w.set()
+// Hijack runs the hook first (as for a 101, unless a final WriteHeader came
+// before): code that writes the header map itself after hijacking
+// (httputil.ReverseProxy relaying a 101) then sends the change too. What
+// such code adds to the map after Hijack (ReverseProxy copies the backend's
+// 101 header in then) is beyond reach.
+func (w *finalWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.finish(http.StatusSwitchingProtocols)
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
