@@ -11,10 +11,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/edge/cache"
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 	"github.com/gatehouse-proxy/gatehouse/edge/middleware"
 	"github.com/gatehouse-proxy/gatehouse/router"
+	gtls "github.com/gatehouse-proxy/gatehouse/tls"
 	"github.com/gatehouse-proxy/gatehouse/upstream"
 	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
@@ -26,6 +29,9 @@ type Runtime struct {
 	Config *config.Config
 	table  *router.Table
 	pools  map[string]*upstream.Pool
+	// stages is each route's per-site part of the fixed stack: security
+	// headers → cache → route header edits → the route's action.
+	stages map[*router.Route]http.Handler
 	// handler serves HTTPS (h1, h2, h3); httpHandler serves the plain-HTTP
 	// listener: tls: off sites, and a redirect to HTTPS for the others.
 	handler     http.Handler
@@ -40,26 +46,29 @@ var ErrUnsupported = errors.New("unsupported configuration")
 // cannot serve (cfg.Unsupported) and on pool or route construction errors.
 // Its WebSocket tunnels are counted in a Registry of its own; a Server
 // shares one Registry across all its Runtimes instead.
+// It starts no goroutines (health checkers start with Start), so it can be
+// used to check a config.
 func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
-	return newRuntime(cfg, log, websocket.NewRegistry())
+	return newRuntime(cfg, log, websocket.NewRegistry(), nil)
 }
 
 // newRuntime is NewRuntime with the Registry in which every proxied route
-// counts its WebSocket tunnels, under the key routeKey(site, route).
-func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registry) (*Runtime, error) {
+// counts its WebSocket tunnels, under the key routeKey(site, route), and the
+// server's response cache (nil: sites with cache: true are not cached).
+func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registry, c *cache.Cache) (*Runtime, error) {
 	if errs := cfg.Unsupported(); len(errs) > 0 {
 		return nil, fmt.Errorf("%w:\n%w", ErrUnsupported, errs)
 	}
 	rt := &Runtime{Config: cfg, pools: make(map[string]*upstream.Pool, len(cfg.Upstreams))}
+	trusted := upstream.NewTrustedProxies(cfg.Global.TrustedProxies)
 	for name, u := range cfg.Upstreams {
-		p, err := upstream.NewPool(u)
+		p, err := upstream.NewPool(u, upstream.PoolOptions{Logger: log, Trusted: trusted})
 		if err != nil {
 			rt.Close()
 			return nil, fmt.Errorf("building upstream %q: %w", name, err)
 		}
 		rt.pools[name] = p
 	}
-	trusted := upstream.NewTrustedProxies(cfg.Global.TrustedProxies)
 	table, err := router.New(cfg, func(site *config.Site, route *config.Route) (http.Handler, error) {
 		pool := rt.pools[route.Upstream.Pool.Name]
 		if pool == nil {
@@ -78,6 +87,10 @@ func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registr
 		return nil, fmt.Errorf("building routes: %w", err)
 	}
 	rt.table = table
+	rt.stages = make(map[*router.Route]http.Handler)
+	for route := range table.Routes() {
+		rt.stages[route] = siteStages(route, c)
+	}
 	if g := cfg.Global; isOn(g.HTTP3) {
 		rt.altSvc = fmt.Sprintf(`h3=":%d"; ma=86400`, g.HTTPSPort)
 	}
@@ -101,8 +114,10 @@ func routeKey(site *config.Site, route *config.Route) string {
 }
 
 // stack is the fixed middleware order. It is code, not configuration:
-// recover → request id → access log → (rate limit/auth, filter, security
-// headers, cache, compression: later work) → router.
+// recover → request id → access log → (rate limit/auth, filter: later work)
+// → router lookup → security headers → cache → (compression: later) →
+// route header edits → action. The stages after the lookup are per site
+// (siteStages): configuration turns them on or off, never reorders them.
 func stack(h http.Handler, log *slog.Logger, trusted *upstream.TrustedProxies) http.Handler {
 	clientIP := func(r *http.Request) string {
 		if ip := trusted.ClientIP(r); ip.IsValid() {
@@ -136,8 +151,83 @@ func (rt *Runtime) routeHandler() http.Handler {
 			// map, and the forwarder strips the backend's own Alt-Svc.
 			w = middleware.SetOnFinal(w, "Alt-Svc", rt.altSvc)
 		}
-		route.ServeHTTP(w, r)
+		rt.stages[route].ServeHTTP(w, r)
 	})
+}
+
+// siteStages builds the per-site part of the stack for one route.
+func siteStages(route *router.Route, c *cache.Cache) http.Handler {
+	var h http.Handler = route
+	if rh := route.Config.Headers; !routeHeaders(rh).Empty() {
+		h = routeHeaders(rh).Wrap(h)
+	}
+	site := route.Site
+	if site.Cache && c != nil {
+		h = c.Handler(h)
+	}
+	if p, on := securityPolicy(site); on {
+		h = middleware.SecurityHeaders(p)(h)
+	}
+	return h
+}
+
+func routeHeaders(h config.RouteHeaders) middleware.RouteHeaders {
+	ops := func(o config.HeaderOps) middleware.HeaderOps {
+		return middleware.HeaderOps{Add: o.Add, Set: o.Set, Remove: o.Remove}
+	}
+	return middleware.RouteHeaders{Request: ops(h.Request), Response: ops(h.Response)}
+}
+
+// defaultHSTSMaxAge is the HSTS max-age of sites with publicly trusted
+// certificates (tls: auto or on_demand, no local names) that set none.
+const defaultHSTSMaxAge = 365 * 24 * time.Hour
+
+// securityPolicy turns a site's headers settings into the security-headers
+// stage's policy; false when the site turned the stage off.
+func securityPolicy(s *config.Site) (middleware.SecurityPolicy, bool) {
+	h := s.Headers
+	if h.Security != nil && !*h.Security {
+		return middleware.SecurityPolicy{}, false
+	}
+	p := middleware.DefaultSecurityPolicy()
+	switch {
+	case h.HSTS != nil:
+		p.HSTS = middleware.HSTSValue(h.HSTS.MaxAge.D(), h.HSTS.IncludeSubdomains, h.HSTS.Preload)
+	case publiclyTrusted(s):
+		p.HSTS = middleware.HSTSValue(defaultHSTSMaxAge, false, false)
+	}
+	p.CSP, p.PermissionsPolicy = h.CSP, h.PermissionsPolicy
+	p.ReferrerPolicy = orOff(h.ReferrerPolicy, p.ReferrerPolicy)
+	p.FrameOptions = strings.ToUpper(orOff(h.FrameOptions, p.FrameOptions))
+	p.Override, p.KeepServer = h.Override, h.KeepServer
+	return p, true
+}
+
+// publiclyTrusted reports whether a site's certificates come from a public
+// ACME CA: only then is HSTS safe to send by default (HSTS on a name with a
+// certificate browsers do not trust locks users out with no way to click
+// through).
+func publiclyTrusted(s *config.Site) bool {
+	if s.TLS.Mode != config.TLSAuto && s.TLS.Mode != config.TLSOnDemand {
+		return false
+	}
+	for _, h := range s.Hosts {
+		if h == "*" || gtls.IsInternalName(h) {
+			return false
+		}
+	}
+	return true
+}
+
+// orOff is v, or def when v is empty, or "" when v is "off".
+func orOff(v, def string) string {
+	switch {
+	case v == "":
+		return def
+	case strings.EqualFold(v, "off"):
+		return ""
+	}
+	return v
 }
 
 // servesOverTLS reports whether site may answer r, a request that arrived
@@ -208,8 +298,17 @@ func (rt *Runtime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.handler.ServeHTTP(w, r)
 }
 
-// Close releases the pools' idle connections. In-flight requests keep
-// working; it is called when the Runtime is replaced or the server stops.
+// Start starts the pools' health checkers. A server calls it when the
+// Runtime goes live; Close stops them.
+func (rt *Runtime) Start() {
+	for _, p := range rt.pools {
+		p.Start()
+	}
+}
+
+// Close stops the health checkers and releases the pools' idle connections.
+// In-flight requests keep working; it is called when the Runtime is
+// replaced or the server stops.
 func (rt *Runtime) Close() {
 	for _, p := range rt.pools {
 		p.Close()

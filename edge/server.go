@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/gatehouse-proxy/gatehouse/edge/cache"
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 	gtls "github.com/gatehouse-proxy/gatehouse/tls"
 	"github.com/gatehouse-proxy/gatehouse/websocket"
@@ -30,30 +31,44 @@ type Server struct {
 	// tunnels holds the WebSocket tunnels of every Runtime this server has
 	// run: they outlive reloads, and shutdown closes them.
 	tunnels *websocket.Registry
+	// cache is the response cache shared by every site with cache: true;
+	// it outlives reloads (nil when global.cache.max_size is 0).
+	cache *cache.Cache
 
-	httpSrv, httpsSrv *http.Server
-	h3                *http3.Server
-	httpLn, httpsLn   net.Listener
-	udp               net.PacketConn
+	httpSrv, httpsSrv, adminSrv *http.Server
+	h3                          *http3.Server
+	httpLn, httpsLn, adminLn    net.Listener
+	udp                         net.PacketConn
 }
 
 // New builds the first Runtime and the certificate manager from cfg.
 // Nothing listens until Listen and no CA is contacted until Serve.
 func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
-	tunnels := websocket.NewRegistry()
-	rt, err := newRuntime(cfg, log, tunnels)
+	s := &Server{log: log, tunnels: websocket.NewRegistry()}
+	if c := cfg.Global.Cache; c.MaxSize > 0 {
+		var err error
+		s.cache, err = cache.New(cache.Options{MaxSize: int64(c.MaxSize), MaxObjectSize: int64(c.MaxObjectSize), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("setting up the response cache: %w", err)
+		}
+	}
+	rt, err := newRuntime(cfg, log, s.tunnels, s.cache)
 	if err != nil {
+		s.closeCache()
 		return nil, err
 	}
-	s := &Server{log: log, tunnels: tunnels}
 	s.rt.Store(rt)
 	if needsTLS(cfg) {
 		if s.tls, err = gtls.NewManager(cfg, log); err != nil {
 			rt.Close()
+			s.closeCache()
 			return nil, fmt.Errorf("setting up TLS: %w", err)
 		}
 	}
 	s.httpSrv = s.newHTTPServer(http.HandlerFunc(s.serveHTTP))
+	if cfg.Global.Admin != "" {
+		s.adminSrv = s.newAdminServer()
+	}
 	if s.tls != nil {
 		s.httpsSrv = s.newHTTPServer(http.HandlerFunc(s.serveHTTPS))
 		s.httpsSrv.TLSConfig = s.tls.TLSConfig()
@@ -79,6 +94,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	}
 	return s, nil
 }
+
+func (s *Server) closeCache() {
+	if s.cache != nil {
+		s.cache.Close()
+	}
+}
+
+// Cache is the server's response cache (nil when global.cache.max_size is 0).
+func (s *Server) Cache() *cache.Cache { return s.cache }
 
 func needsTLS(cfg *config.Config) bool {
 	for _, site := range cfg.Sites {
@@ -149,6 +173,11 @@ func (s *Server) Listen() (err error) {
 	if s.httpLn, err = net.Listen("tcp", addr); err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
+	if s.adminSrv != nil {
+		if s.adminLn, err = net.Listen("tcp", g.Admin); err != nil {
+			return fmt.Errorf("admin listener on %s: %w (set global.admin to another address or \"off\")", g.Admin, err)
+		}
+	}
 	if s.tls == nil {
 		return nil
 	}
@@ -174,6 +203,17 @@ func (s *Server) closeListeners() {
 	if s.udp != nil {
 		_ = s.udp.Close()
 	}
+	if s.adminLn != nil {
+		_ = s.adminLn.Close()
+	}
+}
+
+// AdminAddr is the admin listener's address (after Listen), or nil.
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
 }
 
 // Addr is the HTTP listener's address (after Listen).
@@ -199,7 +239,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer s.tls.Stop()
 	}
 
-	errc := make(chan error, 3)
+	s.rt.Load().Start()
+	defer s.closeCache()
+
+	errc := make(chan error, 4)
 	running := 0
 	start := func(name string, serve func() error) {
 		running++
@@ -222,6 +265,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.udp != nil {
 		start("http3", func() error { return s.h3.Serve(s.udp) })
 		attrs = append(attrs, "http3", s.udp.LocalAddr().String())
+	}
+	if s.adminLn != nil {
+		start("admin", func() error { return s.adminSrv.Serve(s.adminLn) })
+		attrs = append(attrs, "admin", s.adminLn.Addr().String())
 	}
 	s.log.Info("serving", attrs...)
 
@@ -275,6 +322,9 @@ func (s *Server) shutdown() {
 	if s.udp != nil {
 		graceful(s.h3.Shutdown, s.h3.Close)
 	}
+	if s.adminLn != nil {
+		graceful(s.adminSrv.Shutdown, s.adminSrv.Close)
+	}
 	s.log.Info("closed websocket tunnels", "count", s.tunnels.Close())
 	wg.Wait()
 	if err := s.tunnels.Wait(ctx); err != nil {
@@ -291,7 +341,7 @@ func (s *Server) shutdown() {
 // reload fails with ErrNeedsRestart rather than half-apply.
 func (s *Server) Reload(cfg *config.Config) error {
 	start := time.Now()
-	rt, err := newRuntime(cfg, s.log, s.tunnels)
+	rt, err := newRuntime(cfg, s.log, s.tunnels, s.cache)
 	if err != nil {
 		return err
 	}
@@ -300,6 +350,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		rt.Close()
 		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
 	}
+	rt.Start()
 	old := s.rt.Swap(rt)
 	old.Close()
 	s.log.Info("config reloaded", "file", cfg.File, "took", time.Since(start).String())
@@ -321,6 +372,10 @@ func needsRestart(a, b *config.Config) string {
 		return "global.limits changed"
 	case isOn(ag.HTTP3) != isOn(bg.HTTP3):
 		return "global.http3 changed"
+	case ag.Admin != bg.Admin:
+		return "global.admin changed"
+	case ag.Cache != bg.Cache:
+		return "global.cache changed"
 	case !sameTLSSites(a, b):
 		return "the set of TLS sites (hosts or their tls: mode) changed"
 	}

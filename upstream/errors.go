@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // StatusClientClosedRequest is the status recorded when the client went away
@@ -30,6 +31,37 @@ func (e *dialError) Unwrap() error { return e.err }
 func isDialError(err error) bool {
 	var d *dialError
 	return errors.As(err, &d)
+}
+
+// ErrNoBackend is the sentinel of a request that found no backend to take
+// it: every backend is unhealthy or ejected, or every one that is up stayed
+// at max_conns for the whole queue timeout. The client gets 503 with
+// Retry-After.
+var ErrNoBackend = errors.New("upstream: no backend available")
+
+// noBackendError is ErrNoBackend with the Retry-After to send.
+type noBackendError struct {
+	retryAfter time.Duration
+	full       bool // backends are up but at max_conns
+}
+
+func (e *noBackendError) Error() string {
+	if e.full {
+		return "upstream: no backend available: all at max_conns for the queue timeout"
+	}
+	return "upstream: no backend available: all unhealthy or ejected"
+}
+
+func (e *noBackendError) Is(target error) bool { return target == ErrNoBackend }
+
+// retryAfter is the Retry-After value (whole seconds, at least 1) for err,
+// or "" if err is not a *noBackendError.
+func retryAfter(err error) string {
+	var nb *noBackendError
+	if !errors.As(err, &nb) {
+		return ""
+	}
+	return strconv.FormatInt(int64(max((nb.retryAfter+time.Second-1)/time.Second, 1)), 10)
 }
 
 // attemptError is the forwarder's final error: the last backend tried and
@@ -56,6 +88,8 @@ func backendName(err error) string {
 // status the client (or the access log) sees:
 //
 //   - the client's context was canceled (it went away): 499;
+//   - no backend could take the request (ErrNoBackend): 503 Service
+//     Unavailable, with Retry-After;
 //   - any timeout (dial, TLS handshake, response header, a context
 //     deadline): 504 Gateway Timeout;
 //   - everything else (connection refused, reset or unreachable, DNS, TLS
@@ -63,6 +97,9 @@ func backendName(err error) string {
 func statusForError(ctx context.Context, err error) int {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return StatusClientClosedRequest
+	}
+	if errors.Is(err, ErrNoBackend) {
+		return http.StatusServiceUnavailable
 	}
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
@@ -76,6 +113,7 @@ var (
 	body499 = "499 Client Closed Request\n"
 	body502 = "502 Bad Gateway\n"
 	body504 = "504 Gateway Timeout\n"
+	body503 = "503 Service Unavailable\n"
 )
 
 // writeError writes the plain-text error response for status. It must only
@@ -89,6 +127,8 @@ func writeError(w http.ResponseWriter, status int) {
 		body = body502
 	case http.StatusGatewayTimeout:
 		body = body504
+	case http.StatusServiceUnavailable:
+		body = body503
 	default:
 		body = strconv.Itoa(status) + " " + http.StatusText(status) + "\n"
 	}

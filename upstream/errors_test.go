@@ -47,6 +47,9 @@ func TestStatusForError(t *testing.T) {
 		{"unexpected 101", context.Background(), errUnexpectedUpgrade, 502},
 		{"client gone", canceled, context.Canceled, StatusClientClosedRequest},
 		{"client gone during a timeout", canceled, timeoutErr{}, StatusClientClosedRequest},
+		{"no backend", context.Background(), &noBackendError{retryAfter: 10 * time.Second}, 503},
+		{"queue timeout", context.Background(), errQueueTimeout, 503},
+		{"client gone while queued", canceled, context.Canceled, StatusClientClosedRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

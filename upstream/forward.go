@@ -9,14 +9,18 @@ import (
 )
 
 // forwarder is the http.RoundTripper the proxy hands to ReverseProxy. For
-// each request it picks a backend, points the request at it and sends it
-// through the backend's transport; when the dial fails (nothing was sent)
-// and no byte of the request body was consumed, it fails over to the next
-// backend in pool order, up to one attempt per backend, for any method.
+// each request it asks the pool's balancer for a backend (waiting for a
+// slot when every backend up is at max_conns), takes a slot on it, points
+// the request at it and sends it through the backend's transport. On
+// failure it reports the outcome to passive health and moves to another
+// backend as the retry rules allow (retry.go): after a dial failure for any
+// method, after a reset or timeout before the response header for
+// idempotent methods within Retries.Max and the pool's budget. It never
+// retries once a response header arrived.
 //
-// It modifies the request it is given (URL scheme and host, Body, Close):
-// that request is the proxy's own clone, never the client's. Safe for
-// concurrent use.
+// It modifies the request it is given (URL scheme and host, Body, GetBody,
+// Close): that request is the proxy's own clone, never the client's. Safe
+// for concurrent use.
 type forwarder struct {
 	pool *Pool
 	log  *slog.Logger
@@ -30,51 +34,101 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 // each backend's upgrade transport (see Backend.upgradeRT). A 101 response's
 // body is then the backend connection, and the backend's in-flight count
 // drops when it is closed.
+//
+// The in-flight count of a backend goes up once per attempt that got a
+// slot and down exactly once: at once when the attempt fails, else when
+// the response body (or the 101's connection) is closed, which ReverseProxy
+// and the WebSocket path do on every path.
 func (f *forwarder) roundTrip(req *http.Request, upgrade bool) (*http.Response, error) {
 	p := f.pool
-	n := len(p.Backends)
-	start := p.pick()
 	if p.closed.Load() && !upgrade {
 		// A closed pool keeps no new idle connections. (A handshake's
 		// connection never returns to the pool after a 101, and
 		// "Connection: close" would spoil its Connection: Upgrade.)
 		req.Close = true
 	}
-	clientBody := req.Body
+	rp := &p.retries
+	if rp.max > 0 {
+		rp.budget.request()
+	}
+	body, err := newReplayBody(req, rp)
+	if err != nil {
+		return nil, err
+	}
+	ctx := req.Context()
+	cands := p.Backends
+	var q queueWait
+	defer q.stop()
 	var (
 		last    *Backend
 		lastErr error
+		extra   int // retries other than dial failovers
 	)
-	for i := range n {
-		b := p.Backends[(start+i)%n]
-		var body *attemptBody
-		if clientBody != nil && clientBody != http.NoBody {
-			body = &attemptBody{r: clientBody}
-			req.Body = body
+	for {
+		b, err := p.acquire(req, cands, &q)
+		if err != nil {
+			if lastErr != nil {
+				break // report the failure that led here
+			}
+			return nil, err
 		}
+		body.attach(req)
 		req.URL.Scheme = b.scheme
 		req.URL.Host = b.URL.Host
-
 		rt := b.rt
 		if upgrade {
 			rt = b.upgradeRT
 		}
-		b.inflight.Add(1)
 		res, err := rt.RoundTrip(req)
 		if err == nil {
+			p.observeResponse(b, res.StatusCode)
 			res.Body = trackBody(res, b)
+			if p.sticky != nil {
+				p.sticky.stamp(req, res.Header, b)
+			}
 			return res, nil
 		}
-		b.inflight.Add(-1)
+		b.release()
 		last, lastErr = b, err
-
-		if i == n-1 || !isDialError(err) || req.Context().Err() != nil || (body != nil && !body.detach()) {
+		if ctx.Err() != nil {
 			break
 		}
-		f.log.LogAttrs(req.Context(), slog.LevelWarn, "backend unreachable, trying the next one",
-			slog.String("pool", p.Name), slog.String("backend", b.name), slog.Any("error", err))
+		p.observeError(ctx, b, err)
+		dial := isDialError(err)
+		if !body.reusable(dial) || (!dial && !rp.canRetry(req, &body, extra, err)) {
+			break
+		}
+		cands = without(cands, b)
+		if len(cands) == 0 {
+			break
+		}
+		if dial {
+			f.log.LogAttrs(ctx, slog.LevelWarn, "backend unreachable, trying the next one",
+				slog.String("pool", p.Name), slog.String("backend", b.name), slog.Any("error", err))
+			continue
+		}
+		if !rp.budget.withdraw(p.clock()) {
+			f.log.LogAttrs(ctx, slog.LevelWarn, "backend failed; not retried: retry budget exhausted",
+				slog.String("pool", p.Name), slog.String("backend", b.name), slog.Any("error", err))
+			break
+		}
+		extra++
+		f.log.LogAttrs(ctx, slog.LevelWarn, "backend failed before answering, retrying on another one",
+			slog.String("pool", p.Name), slog.String("backend", b.name), slog.Any("error", err),
+			slog.Int("retry", extra))
 	}
 	return nil, &attemptError{backend: last, err: lastErr}
+}
+
+// without returns a new slice of backends minus b, in order.
+func without(backends []*Backend, b *Backend) []*Backend {
+	out := make([]*Backend, 0, len(backends)-1)
+	for _, x := range backends {
+		if x != b {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // errBodyDetached is returned to a transport that reads the request body of
@@ -136,7 +190,7 @@ type trackedBody struct {
 func (t *trackedBody) Close() error {
 	err := t.ReadCloser.Close()
 	if t.done.CompareAndSwap(false, true) {
-		t.b.inflight.Add(-1)
+		t.b.release()
 	}
 	return err
 }

@@ -6,10 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,81 +28,104 @@ const (
 	expectContinueTimeout = time.Second
 	tlsHandshakeTimeout   = 10 * time.Second
 	tcpKeepAlive          = 30 * time.Second
-
-	// maxOrderLen bounds the precomputed weighted round-robin sequence.
-	maxOrderLen = 4096
 )
 
-// Pool is a named set of backends with its own keep-alive connection pool:
-// one *http.Transport for http and https backends, plus a second one only
-// when the pool has h2c backends (a transport speaks either HTTP/1 or
-// prior-knowledge HTTP/2 over cleartext, not both).
+// Pool is a named set of backends with its own keep-alive connection pool
+// (one *http.Transport for http and https backends, plus a second one only
+// when the pool has h2c backends: a transport speaks either HTTP/1 or
+// prior-knowledge HTTP/2 over cleartext, not both), its balancer
+// (balancer.go, hash.go, sticky.go), passive health (passive.go), retry
+// policy and budget (retry.go) and, when configured, an active health
+// checker (healthcheck.go).
 //
-// A Pool is built once by NewPool and never changes shape; Name and Backends
-// must not be modified afterwards. All methods and the forwarder built on it
-// are safe for concurrent use.
+// Lifecycle: NewPool builds a pool without starting anything (so that
+// `gatehouse validate` can build pools); Start starts the health checker;
+// Close stops it, waits for it to exit and closes idle connections.
+//
+// A Pool never changes shape after NewPool; Name and Backends must not be
+// modified. All methods and the forwarder built on it are safe for
+// concurrent use.
 type Pool struct {
 	// Name is the upstream's name from the configuration (for logs).
 	Name string
 	// Backends are the pool's servers in configuration order.
 	Backends []*Backend
 
-	hostHeader string            // config.Upstream.HostHeader; "" keeps the client's Host
-	order      []int             // smooth weighted round-robin sequence of indexes into Backends
-	next       atomic.Uint64     // position in order
+	balance       string // policy name, for Status
+	balancer      Balancer
+	sticky        *cookieBalancer // balance: cookie, for Set-Cookie
+	needsClientIP bool            // balance: ip_hash
+	trusted       *TrustedProxies // PoolOptions.Trusted, for ip_hash
+	hostHeader    string          // config.Upstream.HostHeader; "" keeps the client's Host
+	queue         time.Duration   // timeouts.queue: wait for a slot under max_conns
+	slots         *slotSignal
+	passive       *passive // nil: passive health off
+	retries       retryPolicy
+	health        *healthCheck // nil: no active checks
+	log           *slog.Logger
+	// clock is monotonic nanoseconds for ejections and the retry budget
+	// (tests replace it before use).
+	clock func() int64
+
 	transports []*http.Transport // for Close
 	closed     atomic.Bool
+
+	mu      sync.Mutex    // guards the checker's lifecycle below
+	stopped bool          // Close was called
+	cancel  func()        // stops the checker; nil until Start
+	done    chan struct{} // closed when the checker exits
 }
 
-// Backend is one server of a Pool. URL and Weight are fixed at NewPool; the
-// hot-path state (in-flight count, health) is atomic, so a Backend is safe
-// for concurrent use without locks.
-type Backend struct {
-	// URL is the backend's address: scheme http, https or h2c, and a host.
-	URL *url.URL
-	// Weight is the backend's share of round-robin picks (at least 1).
-	Weight int
-
-	inflight atomic.Int64
-	healthy  atomic.Bool
-
-	name   string            // URL for logs, userinfo redacted
-	scheme string            // scheme on the wire: h2c travels as http
-	rt     http.RoundTripper // the pool transport for this backend's scheme
-	// upgradeRT carries WebSocket handshakes: rt itself for http and https
-	// (net/http sends a request with Upgrade: websocket over HTTP/1.1 only,
-	// never offering h2 in ALPN), an HTTP/1.1 transport for h2c backends,
-	// whose prior-knowledge HTTP/2 transport cannot carry an Upgrade.
-	upgradeRT http.RoundTripper
+// PoolOptions configures NewPool. The zero value is usable.
+type PoolOptions struct {
+	// Logger receives backend state changes: active health transitions
+	// (warn when a backend leaves rotation, info when it returns) and
+	// passive ejections (warn). nil: slog.Default() at the time the pool
+	// is built.
+	Logger *slog.Logger
+	// Trusted resolves the client address that balance: ip_hash hashes
+	// (TrustedProxies.ClientIP), for requests whose context carries none
+	// (see WithClientIP). nil: the proxy's Options.Trusted.
+	Trusted *TrustedProxies
 }
 
-// Inflight is the number of requests currently forwarded to b whose
-// response has not been fully relayed yet.
-func (b *Backend) Inflight() int64 { return b.inflight.Load() }
+// epoch anchors the pools' monotonic clock.
+var epoch = time.Now()
 
-// Healthy reports whether b may be picked. Backends start healthy.
-func (b *Backend) Healthy() bool { return b.healthy.Load() }
+// monotonicNow is nanoseconds since epoch on the monotonic clock, so that
+// ejections and budgets do not jump with the wall clock. It is never 0.
+func monotonicNow() int64 { return int64(time.Since(epoch)) + 1 }
 
-// SetHealthy marks b as healthy or not; an unhealthy backend is skipped by
-// the balancer while a healthy one exists. For health checkers.
-func (b *Backend) SetHealthy(ok bool) { b.healthy.Store(ok) }
-
-// String is the backend's URL (without credentials), for logs.
-func (b *Backend) String() string { return b.name }
-
-// NewPool builds the pool for u: its backends and transports (dial timeout,
-// response-header timeout, idle-connection timeout, TLS from u.TLS, h2c).
-// Zero timeouts take the configuration defaults (3s, 30s, 90s). A weight
-// below 1 counts as 1. It returns an error for a nil or empty upstream, an
-// unsupported scheme, a backend URL with a path, or an unreadable CA file.
-func NewPool(u *config.Upstream) (*Pool, error) {
+// NewPool builds the pool for u: its backends and transports (dial
+// timeout, response-header timeout, idle-connection timeout, TLS from u.TLS,
+// h2c), balancer (u.Balance; "" is round_robin), passive health, retry
+// policy and health check configuration, with the options given (at most
+// one PoolOptions; none: the zero value). It starts no goroutine: call
+// Start to run active health checks. Zero timeouts take the configuration
+// defaults (3s, 30s, 90s; queue 0 does not wait); zero health-check and
+// passive-health durations, counts and status ranges too. A weight below 1
+// counts as 1. It returns an error for a nil or empty upstream, an
+// unsupported scheme, a backend URL with a path, an unknown balance, or an
+// unreadable CA file.
+func NewPool(u *config.Upstream, opts ...PoolOptions) (*Pool, error) {
+	var o PoolOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	if u == nil {
 		return nil, errors.New("upstream: nil configuration")
 	}
 	if len(u.Backends) == 0 {
 		return nil, fmt.Errorf("upstream %q: no backends", u.Name)
 	}
-	p := &Pool{Name: u.Name, hostHeader: u.HostHeader}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Pool{
+		Name: u.Name, hostHeader: u.HostHeader, log: log, clock: monotonicNow, trusted: o.Trusted,
+		queue: max(u.Timeouts.Queue.D(), 0), slots: newSlotSignal(),
+	}
 
 	var needTLS, needH1, needH2C bool
 	var errs []error
@@ -161,95 +185,82 @@ func NewPool(u *config.Upstream) (*Pool, error) {
 		p.transports = append(p.transports, h2cUpgrade)
 	}
 
-	weights := make([]int, len(u.Backends))
 	for i, cb := range u.Backends {
 		u := *cb.URL
 		u.Path, u.RawPath = "", ""
-		b := &Backend{URL: &u, Weight: max(cb.Weight, 1), name: u.Redacted(), scheme: u.Scheme, rt: h1, upgradeRT: h1}
+		b := &Backend{
+			URL: &u, Weight: max(cb.Weight, 1), name: u.Redacted(), scheme: u.Scheme, rt: h1, upgradeRT: h1,
+			pool: p, idx: i, maxConns: int64(max(cb.MaxConns, 0)),
+		}
+		b.id, b.hash = stableID(&u)
 		if u.Scheme == "h2c" {
 			b.scheme, b.rt, b.upgradeRT = "http", h2c, h2cUpgrade
 		}
 		b.healthy.Store(true)
 		p.Backends = append(p.Backends, b)
-		weights[i] = b.Weight
 	}
-	p.order = smoothOrder(weights)
+
+	bal, err := newBalancer(u, p.Backends)
+	if err != nil {
+		p.closeTransports()
+		return nil, fmt.Errorf("upstream %q: %w", u.Name, err)
+	}
+	p.balancer, p.balance = bal, u.Balance
+	if p.balance == "" {
+		p.balance = "round_robin"
+	}
+	p.sticky, _ = bal.(*cookieBalancer)
+	p.needsClientIP = p.balance == "ip_hash"
+	p.passive = newPassive(u.PassiveHealth, len(p.Backends))
+	p.retries.init(u.Retries, p.clock())
+	p.health = newHealthCheck(u.HealthCheck, u.HostHeader)
 	return p, nil
 }
 
-// Close closes the pool's idle connections. Requests still in flight finish;
-// requests forwarded through a closed pool are sent with Connection: close
-// so that no new idle connection is kept, and connections returned by
-// requests that were in flight at Close expire after the idle timeout.
-// Close is safe to call more than once and concurrently with requests.
+// Start starts the pool's active health checker, if the configuration has
+// a health_check: one goroutine that probes every backend each interval
+// (with up to 10% jitter) and takes a backend out of rotation after fall
+// failed probes in a row, back after rise passed ones. Start is a no-op
+// without health checks, when already started, and after Close. Safe for
+// concurrent use.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.health == nil || p.stopped || p.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel, p.done = cancel, make(chan struct{})
+	c := &checker{pool: p, hc: p.health, log: p.log}
+	go func() {
+		defer close(p.done)
+		c.run(ctx)
+	}()
+}
+
+// Close stops the health checker and waits for it to exit, then closes the
+// pool's idle connections. Requests still in flight finish; requests
+// forwarded through a closed pool are sent with Connection: close so that
+// no new idle connection is kept, and connections returned by requests
+// that were in flight at Close expire after the idle timeout. Close is
+// safe to call more than once and concurrently with requests.
 func (p *Pool) Close() {
+	p.mu.Lock()
+	p.stopped = true
+	cancel, done := p.cancel, p.done
+	p.mu.Unlock()
 	p.closed.Store(true)
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	p.closeTransports()
+}
+
+func (p *Pool) closeTransports() {
 	for _, t := range p.transports {
 		t.CloseIdleConnections()
 	}
-}
-
-// pick returns the index of the next backend in smooth weighted round-robin
-// order, skipping unhealthy backends while a healthy one exists.
-func (p *Pool) pick() int {
-	n := p.next.Add(1) - 1
-	i := p.order[n%uint64(len(p.order))]
-	if p.Backends[i].healthy.Load() {
-		return i
-	}
-	for j := 1; j < len(p.Backends); j++ {
-		k := (i + j) % len(p.Backends)
-		if p.Backends[k].healthy.Load() {
-			return k
-		}
-	}
-	return i
-}
-
-// smoothOrder returns one period of nginx's smooth weighted round-robin over
-// weights (all >= 1): each index appears weight times, interleaved so that a
-// heavy backend never gets a long run. Weights are reduced by their greatest
-// common divisor and scaled down if the period would exceed maxOrderLen.
-func smoothOrder(weights []int) []int {
-	g := 0
-	for _, w := range weights {
-		g = gcd(g, w)
-	}
-	total := 0
-	w := make([]int, len(weights))
-	for i, x := range weights {
-		w[i] = x / g
-		total += w[i]
-	}
-	if total > maxOrderLen {
-		scaled := 0
-		for i := range w {
-			w[i] = max(w[i]*maxOrderLen/total, 1)
-			scaled += w[i]
-		}
-		total = scaled
-	}
-	order := make([]int, 0, total)
-	current := make([]int, len(w))
-	for range total {
-		best := 0
-		for i := range w {
-			current[i] += w[i]
-			if current[i] > current[best] {
-				best = i
-			}
-		}
-		current[best] -= total
-		order = append(order, best)
-	}
-	return order
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
 }
 
 // newTransport builds one keep-alive connection pool. Dial failures are

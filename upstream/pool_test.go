@@ -137,29 +137,29 @@ func equalInts(a, b []int) bool {
 func TestPick(t *testing.T) {
 	t.Parallel()
 	p := newTestPool(t, nil, "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
-	counts := make([]int, 3)
+	counts := map[*Backend]int{}
 	for range 30 {
-		counts[p.pick()]++
+		counts[p.balancer.Pick(nil, p.Backends)]++
 	}
-	if counts[0] != 10 || counts[1] != 10 || counts[2] != 10 {
-		t.Errorf("round-robin counts %v, want 10 each", counts)
+	for i, b := range p.Backends {
+		if counts[b] != 10 {
+			t.Errorf("backend %d picked %d times, want 10", i, counts[b])
+		}
 	}
 
 	p.Backends[1].SetHealthy(false)
 	for range 30 {
-		if i := p.pick(); i == 1 {
-			t.Fatal("picked an unhealthy backend while healthy ones exist")
+		if b := p.balancer.Pick(nil, p.Backends); b == p.Backends[1] || b == nil {
+			t.Fatalf("picked %v while healthy backends exist", b)
 		}
 	}
+	// Behaviour change: with every backend unhealthy there is no backend
+	// (the proxy answers 503) instead of plain round-robin.
 	for _, b := range p.Backends {
 		b.SetHealthy(false)
 	}
-	seen := map[int]bool{}
-	for range 3 {
-		seen[p.pick()] = true
-	}
-	if len(seen) != 3 {
-		t.Errorf("with every backend unhealthy, picks %v; want plain round-robin", seen)
+	if b := p.balancer.Pick(nil, p.Backends); b != nil {
+		t.Errorf("with every backend unhealthy, picked %v; want none", b)
 	}
 }
 

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -57,17 +58,24 @@ type proxy struct {
 }
 
 // NewProxy returns the http.Handler that forwards requests to pool: it picks
-// a backend (smooth weighted round-robin, failing over on dial errors),
-// cleans hop-by-hop headers both ways (1xx responses included), sets
-// X-Forwarded-For/-Proto/-Host, X-Real-IP and Via on requests and Via on
-// responses, keeps the client's Host (unless the pool sets host_header) and
-// the escaped path, forwards the query as ReverseProxy cleans it
-// (byte-identical unless it is malformed; see rewrite), streams bodies
-// without buffering, flushes event streams and unknown-length responses at
-// once, relays trailers and 1xx responses, and maps failures to 502, 504 or
-// 499 with a short plain-text body (details go to opts.Logger only). A
-// failure after the response header was sent aborts the client connection
-// (panic(http.ErrAbortHandler), which net/http recovers).
+// a backend with the pool's balancer (skipping unhealthy, ejected and full
+// backends, queueing for a slot when all that are up are at max_conns),
+// fails over and retries as the pool's retry rules allow (retry.go; never
+// after a response byte reached the client), cleans hop-by-hop headers both
+// ways (1xx responses included), sets X-Forwarded-For/-Proto/-Host,
+// X-Real-IP and Via on requests and Via on responses, keeps the client's
+// Host (unless the pool sets host_header) and the escaped path, forwards the
+// query as ReverseProxy cleans it (byte-identical unless it is malformed;
+// see rewrite), streams bodies without buffering (but for small idempotent
+// request bodies kept for a retry), flushes event streams and
+// unknown-length responses at once, relays trailers and 1xx responses, and
+// maps failures to 502, 504, 499, or 503 with Retry-After when no backend
+// can take the request, with a short plain-text body (details go to
+// opts.Logger only). A failure after the response header was sent aborts
+// the client connection (panic(http.ErrAbortHandler), which net/http
+// recovers). For balance: ip_hash the client address is the request
+// context's (WithClientIP), else ClientIP of the pool's PoolOptions.Trusted,
+// else of opts.Trusted.
 //
 // WebSocket handshakes are passed through (websocket.go): an HTTP/1.1
 // Upgrade: websocket request goes to the backend with Upgrade and
@@ -123,6 +131,18 @@ func NewProxy(pool *Pool, opts Options) http.Handler {
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.pool.needsClientIP {
+		// balance: ip_hash hashes the client address as resolved through
+		// the trusted proxies; a context that already carries one (see
+		// WithClientIP) is taken as is.
+		if _, ok := ClientIPFromContext(r.Context()); !ok {
+			t := p.pool.trusted
+			if t == nil {
+				t = p.trusted
+			}
+			r = r.WithContext(WithClientIP(r.Context(), t.ClientIP(r)))
+		}
+	}
 	switch {
 	case websocket.IsUpgrade(r):
 		p.serveUpgrade(w, r) // HTTP/1.1 WebSocket handshake (websocket.go)
@@ -226,15 +246,23 @@ func cleanResponseHeader(res *http.Response) {
 // calls it only before anything of the response was written.
 func (p *proxy) handleError(w http.ResponseWriter, r *http.Request, err error) {
 	status := statusForError(r.Context(), err)
+	if status == http.StatusServiceUnavailable {
+		if ra := retryAfter(err); ra != "" {
+			w.Header().Set("Retry-After", ra)
+		}
+	}
 	attrs := []slog.Attr{
 		slog.String("pool", p.pool.Name),
 		slog.String("backend", backendName(err)),
 		slog.Any("error", err),
 		slog.Int("status", status),
 	}
-	if status == StatusClientClosedRequest {
+	switch {
+	case status == StatusClientClosedRequest:
 		p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the backend answered", attrs...)
-	} else {
+	case errors.Is(err, ErrNoBackend):
+		p.log.LogAttrs(r.Context(), slog.LevelWarn, "no backend available", attrs...)
+	default:
 		p.log.LogAttrs(r.Context(), slog.LevelWarn, "forwarding to backend failed", attrs...)
 	}
 	writeError(w, status)

@@ -1,0 +1,101 @@
+package edge
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/upstream"
+)
+
+// The admin API is served on global.admin (loopback unless admin_public).
+// It has no authentication: anyone who can reach it can purge the cache.
+//
+//	GET  /healthz                      200 "ok" while the server runs
+//	GET  /upstreams                    pools, backends, health, in-flight, ejections (JSON)
+//	GET  /cache                        cache statistics (JSON)
+//	POST /cache/purge?url=URL          drop every stored variant of URL
+//	POST /cache/purge?prefix=PREFIX    drop every stored URL starting with PREFIX
+//
+// Purge URLs are absolute: scheme, host as the client sent it (lower-cased)
+// and the request target as received, e.g. https://example.com/a?b=1.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /upstreams", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.rt.Load().upstreamStatus())
+	})
+	mux.HandleFunc("GET /cache", func(w http.ResponseWriter, _ *http.Request) {
+		if s.cache == nil {
+			writeJSON(w, http.StatusOK, map[string]any{"enabled": false})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": s.cache.Stats()})
+	})
+	mux.HandleFunc("POST /cache/purge", s.purge)
+	return mux
+}
+
+// purge handles POST /cache/purge?url=... or ?prefix=...
+func (s *Server) purge(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	target, prefix := q.Get("url"), q.Get("prefix")
+	if (target == "") == (prefix == "") {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give exactly one of ?url=ABSOLUTE-URL or ?prefix=ABSOLUTE-URL-PREFIX"})
+		return
+	}
+	raw := target + prefix
+	if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "purge needs an absolute http(s) URL such as https://example.com/path"})
+		return
+	}
+	n := 0
+	if s.cache != nil {
+		if target != "" {
+			n = s.cache.PurgeURL(target)
+		} else {
+			n = s.cache.PurgePrefix(prefix)
+		}
+	}
+	s.log.Info("cache purge", "url", target, "prefix", prefix, "purged", n)
+	writeJSON(w, http.StatusOK, map[string]int{"purged": n})
+}
+
+// upstreamStatus lists the runtime's pools by name (inline pools included).
+func (rt *Runtime) upstreamStatus() []upstream.PoolStatus {
+	out := make([]upstream.PoolStatus, 0, len(rt.pools))
+	for _, p := range rt.pools {
+		out = append(out, p.Status())
+	}
+	slices.SortFunc(out, func(a, b upstream.PoolStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// newAdminServer builds the admin HTTP server (nil when admin is off).
+func (s *Server) newAdminServer() *http.Server {
+	return &http.Server{
+		Handler:           s.adminHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
