@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 var (
 	httpPortLine  = regexp.MustCompile(`(?m)^(\s*http_port:\s*)\d+`)
 	httpsPortLine = regexp.MustCompile(`(?m)^(\s*https_port:\s*)\d+`)
+	quickstartAdminLine     = regexp.MustCompile(`(?m)^(\s*admin:\s*127\.0\.0\.1:)\d+`)
 )
 
 // TestQuickstartHTTPSInternalCA runs configs/quickstart.yaml (ports moved to
@@ -36,13 +39,15 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 		t.Fatalf("configs/quickstart.yaml has no http_port and https_port lines; want the quickstart to serve HTTPS with tls: internal:\n%s", orig)
 	}
 	var dir string
-	var httpsPort int
+	var httpsPort, adminPort int
 	g := startServingIn(t, func() (string, []string, []string, string) {
 		dir = t.TempDir()
 		httpPort := freePort(t)
 		httpsPort = freeTCPUDPPort(t)
 		text := httpPortLine.ReplaceAll(orig, []byte("${1}"+strconv.Itoa(httpPort)))
 		text = httpsPortLine.ReplaceAll(text, []byte("${1}"+strconv.Itoa(httpsPort)))
+		adminPort = freePort(t)
+		text = quickstartAdminLine.ReplaceAll(text, []byte("${1}"+strconv.Itoa(adminPort)))
 		if err := os.WriteFile(filepath.Join(dir, "quickstart.yaml"), text, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -94,4 +99,16 @@ func TestQuickstartHTTPSInternalCA(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("admin", func(t *testing.T) {
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", adminPort))
+		if err != nil {
+			t.Fatalf("quickstart admin API: %v", err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		_ = res.Body.Close()
+		if res.StatusCode != 200 || string(body) != "ok\n" {
+			t.Errorf("admin /healthz = %d %q, want 200 \"ok\\n\"", res.StatusCode, body)
+		}
+	})
 }

@@ -94,3 +94,12 @@ func TestPoolDefaults(t *testing.T) {
 		t.Errorf("warnings = %q", cfg.Warnings)
 	}
 }
+
+func TestPassiveNeverEjectsWarning(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, "upstreams:\n  a:\n    backends: [{url: 'http://a'}]\n    passive_health: {max_ejected_percent: 0}\n"+okSite)
+	want := "name.yaml:4:43: passive_health max_ejected_percent 0 means no backend is ever ejected"
+	if len(cfg.Warnings) != 1 || cfg.Warnings[0] != want {
+		t.Errorf("warnings = %q", cfg.Warnings)
+	}
+}

@@ -208,7 +208,7 @@ type Timeouts struct {
 	Dial           Duration `yaml:"dial"`            // default 3s
 	ResponseHeader Duration `yaml:"response_header"` // default 30s
 	Idle           Duration `yaml:"idle"`            // default 90s: idle keep-alive conns closed after
-	Queue          Duration `yaml:"queue"`           // default 1s: wait for a backend under max_conns
+	Queue          Duration `yaml:"queue"`           // default 1s: wait for a backend under max_conns; 0: no wait (503 at once)
 }
 
 // UpstreamTLS configures TLS towards https backends.

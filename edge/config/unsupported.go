@@ -81,6 +81,9 @@ func (d *decoder) warnings(cfg *Config) []string {
 		if u.Sticky != nil && u.Balance != "cookie" && d.has(u.Sticky) {
 			w.add(d.pos(u.Sticky), "sticky has no effect unless balance is cookie")
 		}
+		if ph := u.PassiveHealth; ph.MaxFails > 0 && ph.MaxEjectedPercent == 0 {
+			w.add(d.pos(&u.PassiveHealth.MaxEjectedPercent), "passive_health max_ejected_percent 0 means no backend is ever ejected")
+		}
 		if u.HashHeader != "" && u.Balance != "header_hash" {
 			w.add(d.pos(&u.HashHeader), "hash_header has no effect unless balance is header_hash")
 		}
