@@ -3,7 +3,9 @@ package edge
 import (
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -40,7 +42,35 @@ func (s *Server) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": s.cache.Stats()})
 	})
 	mux.HandleFunc("POST /cache/purge", s.purge)
-	return mux
+	g := s.rt.Load().Config.Global
+	return adminGuard(mux, g.Admin, g.AdminPublic)
+}
+
+// adminGuard keeps web pages away from the admin API. A page cannot reach
+// it through DNS rebinding (a request whose Host is not a loopback address,
+// "localhost" or the admin address itself gets 403, unless admin_public),
+// nor by a cross-site form or fetch: unsafe methods from another origin are
+// refused by net/http's CrossOriginProtection (Sec-Fetch-Site / Origin).
+func adminGuard(next http.Handler, addr string, public bool) http.Handler {
+	adminHost, _, _ := net.SplitHostPort(addr)
+	cop := http.NewCrossOriginProtection()
+	guarded := cop.Handler(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		ok := public || strings.EqualFold(host, "localhost") || strings.EqualFold(host, adminHost)
+		if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
+			ok = true
+		}
+		if !ok {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "the admin API answers only requests for a loopback host"})
+			return
+		}
+		guarded.ServeHTTP(w, r)
+	})
 }
 
 // purge handles POST /cache/purge?url=... or ?prefix=...

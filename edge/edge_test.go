@@ -106,6 +106,10 @@ func TestServeReloadShutdown(t *testing.T) {
 	if _, err := http.Get(url); err == nil {
 		t.Fatal("listener still accepts after shutdown")
 	}
+	// A reload arriving after Serve returned starts nothing.
+	if err := srv.Reload(two); !errors.Is(err, ErrStopped) {
+		t.Fatalf("reload after stop: %v, want ErrStopped", err)
+	}
 }
 
 func get(t *testing.T, url string) string {

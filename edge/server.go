@@ -39,6 +39,11 @@ type Server struct {
 	h3                          *http3.Server
 	httpLn, httpsLn, adminLn    net.Listener
 	udp                         net.PacketConn
+
+	// mu orders Reload against the end of Serve: once stopped is set no
+	// Runtime is started (its health checkers would never be stopped).
+	mu      sync.Mutex
+	stopped bool
 }
 
 // New builds the first Runtime and the certificate manager from cfg.
@@ -284,6 +289,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			failure = err
 		}
 	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	s.rt.Load().Close()
 	if failure != nil {
 		return failure
@@ -350,12 +358,21 @@ func (s *Server) Reload(cfg *config.Config) error {
 		rt.Close()
 		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		rt.Close()
+		return ErrStopped
+	}
 	rt.Start()
 	old := s.rt.Swap(rt)
 	old.Close()
 	s.log.Info("config reloaded", "file", cfg.File, "took", time.Since(start).String())
 	return nil
 }
+
+// ErrStopped is returned by Reload once Serve has returned.
+var ErrStopped = errors.New("the server has stopped")
 
 // ErrNeedsRestart is returned by Reload for changes it cannot apply in place.
 var ErrNeedsRestart = errors.New("this change needs a restart")

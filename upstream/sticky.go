@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -74,10 +75,15 @@ func newCookieBalancer(s *config.Sticky, backends []*Backend, rr *roundRobin) *c
 		c.setCookie[i] = make([]string, len(backends))
 	}
 	for i, b := range backends {
+		// The id in the cookie is keyed too: an unkeyed hash of the URL
+		// could be brute-forced back to a private address and port.
+		k := hmac.New(sha256.New, secret)
+		k.Write([]byte("gatehouse sticky id " + b.id))
+		id := hex.EncodeToString(k.Sum(nil)[:8])
 		m := hmac.New(sha256.New, secret)
-		m.Write([]byte("gatehouse sticky backend " + b.id))
-		c.values[i] = b.id + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
-		c.byID[b.id] = i
+		m.Write([]byte("gatehouse sticky backend " + id))
+		c.values[i] = id + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
+		c.byID[id] = i
 		for secure := range 2 {
 			ck := &http.Cookie{
 				Name: name, Value: c.values[i], Path: "/", MaxAge: maxAge,

@@ -167,6 +167,14 @@ func TestStickySecret(t *testing.T) {
 	if random1.sticky.values[1] == a.sticky.values[1] {
 		t.Error("the per-process key equals a configured secret")
 	}
+	// The id part is keyed: it differs between secrets and is not the
+	// unkeyed hash of the backend URL, which could be brute-forced back to
+	// a private address.
+	idA, _, _ := strings.Cut(a.sticky.values[1], ".")
+	idOther, _, _ := strings.Cut(other.sticky.values[1], ".")
+	if idA == idOther || idA == a.Backends[1].id {
+		t.Errorf("cookie id %q is not keyed (other secret %q, unkeyed %q)", idA, idOther, a.Backends[1].id)
+	}
 }
 
 func TestCookieValue(t *testing.T) {

@@ -36,9 +36,9 @@ func (h RouteHeaders) Empty() bool { return h.Request.Empty() && h.Response.Empt
 
 // Wrap returns next with h applied; next itself when h is Empty.
 //
-// The request operations run on r.Header before next is called. They change
-// it in place: the request, and its header map, belong to this one request
-// (net/http builds a fresh one for each). The response operations run when
+// The request operations run on a copy of r with a cloned header map, which
+// is what next gets: the stages before this one (the cache keys entries on
+// the client's Vary and Authorization headers) keep the client's view. The response operations run when
 // the final response header goes out (see finalWriter), so they see, and can
 // remove or replace, what the backend sent; 1xx responses pass untouched,
 // and a 101 Switching Protocols gets them like any final response. A handler
@@ -55,7 +55,12 @@ func (h RouteHeaders) Wrap(next http.Handler) http.Handler {
 	req, res := compileOps(h.Request), compileOps(h.Response)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if req != nil {
-			req.apply(r.Header)
+			// A copy with its own header map: stages before this one (the
+			// cache keys on Vary and Authorization) keep the client's view.
+			r2 := *r
+			r2.Header = r.Header.Clone()
+			req.apply(r2.Header)
+			r = &r2
 		}
 		if res == nil {
 			next.ServeHTTP(w, r)

@@ -257,3 +257,24 @@ func BenchmarkRouteHeaders(b *testing.B) {
 		h.ServeHTTP(w, req)
 	}
 }
+
+// TestRouteHeadersLeaveCallersRequest: the request edits reach next but not
+// the caller's request, whose headers the cache stage keys on.
+func TestRouteHeadersLeaveCallersRequest(t *testing.T) {
+	t.Parallel()
+	var seen string
+	h := RouteHeaders{Request: HeaderOps{Set: map[string]string{"Accept-Language": "en"}, Remove: []string{"Authorization"}}}.
+		Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			seen = r.Header.Get("Accept-Language") + "|" + r.Header.Get("Authorization")
+		}))
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set("Accept-Language", "fr")
+	r.Header.Set("Authorization", "Bearer x")
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	if seen != "en|" {
+		t.Errorf("next saw %q, want \"en|\"", seen)
+	}
+	if r.Header.Get("Accept-Language") != "fr" || r.Header.Get("Authorization") != "Bearer x" {
+		t.Errorf("caller's request changed: %v", r.Header)
+	}
+}
