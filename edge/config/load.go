@@ -217,6 +217,14 @@ func (d *decoder) applyDefaults(cfg *Config) {
 			if r.Redirect != nil {
 				intDefault(d, &r.Redirect.Status, 308)
 			}
+			if rl := r.RateLimit; rl != nil {
+				durationDefault(d, &rl.Per, time.Second)
+				intDefault(d, &rl.Burst, rl.Requests)
+				intDefault(d, &rl.MaxClients, 100000)
+			}
+			if a := r.Auth; a != nil && a.Realm == "" {
+				a.Realm = "gatehouse"
+			}
 			durationDefault(d, &r.WebSocket.IdleTimeout, 10*time.Minute)
 			intDefault(d, &r.WebSocket.MaxTunnels, 10000)
 		}

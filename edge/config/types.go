@@ -290,6 +290,31 @@ type Route struct {
 	// Headers edits request headers before the action and response headers
 	// after it.
 	Headers RouteHeaders `yaml:"headers"`
+	// RateLimit limits requests per client IP (nil: no limit).
+	RateLimit *RateLimit `yaml:"rate_limit"`
+	// Auth requires credentials (nil: none).
+	Auth *Auth `yaml:"auth"`
+}
+
+// RateLimit is a token bucket per client IP (trusted_proxies apply): Burst
+// requests at once, refilled at Requests per Per. Over it: 429 with
+// Retry-After.
+type RateLimit struct {
+	Requests int      `yaml:"requests"` // tokens added per Per (at least 1)
+	Per      Duration `yaml:"per"`      // default 1s
+	Burst    int      `yaml:"burst"`    // default: Requests
+	// MaxClients bounds the client IPs tracked at once (default 100000);
+	// the least recently seen are forgotten first.
+	MaxClients int `yaml:"max_clients"`
+}
+
+// Auth requires HTTP authentication on a route: a Basic user whose bcrypt
+// hash matches, or one of the Bearer tokens. Without valid credentials: 401
+// with WWW-Authenticate.
+type Auth struct {
+	Realm  string            `yaml:"realm"`  // default "gatehouse"
+	Basic  map[string]string `yaml:"basic"`  // user -> bcrypt hash ($2a$, $2b$ or $2y$)
+	Bearer []string          `yaml:"bearer"` // accepted tokens; write them as ${VAR}
 }
 
 // RouteHeaders are a route's header edits.

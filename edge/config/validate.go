@@ -431,6 +431,23 @@ func (d *decoder) validateRoute(cfg *Config, s *Site, r *Route, names []string) 
 			d.add(d.pos(&rd.Status), "redirect status must be 301, 302, 303, 307 or 308, got %d", rd.Status)
 		}
 	}
+	if rl := r.RateLimit; rl != nil {
+		if rl.Requests < 1 {
+			d.add(d.pos(&rl.Requests, rl), "rate_limit requests must be at least 1, got %d", rl.Requests)
+		}
+		if rl.Per <= 0 {
+			d.add(d.pos(&rl.Per), "rate_limit per must be more than 0")
+		}
+		if rl.Burst < 1 && d.has(&rl.Burst) {
+			d.add(d.pos(&rl.Burst), "rate_limit burst must be at least 1, got %d", rl.Burst)
+		}
+		if rl.MaxClients < 1 || rl.MaxClients > 10_000_000 {
+			d.add(d.pos(&rl.MaxClients), "rate_limit max_clients must be 1..10000000, got %d", rl.MaxClients)
+		}
+	}
+	if a := r.Auth; a != nil {
+		d.checkAuth(a)
+	}
 	d.checkHeaderOps(&r.Headers.Request, true)
 	d.checkHeaderOps(&r.Headers.Response, false)
 	if st := r.Static; st != nil && st.Root == "" {
@@ -676,4 +693,47 @@ func (d *decoder) validateSiteHeaders(s *Site) {
 	if x := h.HSTS; x != nil && x.MaxAge < 0 {
 		d.add(d.pos(&x.MaxAge, x), "hsts max_age must not be negative")
 	}
+}
+
+// checkAuth validates a route's auth block. Hashes are checked for shape
+// only (bcrypt itself is not imported here): "$2a$", "$2b$" or "$2y$", a
+// two-digit cost 4..31 and 53 characters of salt and hash.
+func (d *decoder) checkAuth(a *Auth) {
+	if len(a.Basic) == 0 && len(a.Bearer) == 0 {
+		d.add(d.pos(a), "auth needs basic users or bearer tokens")
+	}
+	if strings.ContainsAny(a.Realm, "\"\\\r\n") {
+		d.add(d.pos(&a.Realm), "auth realm must not contain quotes, backslashes or line breaks")
+	}
+	for _, user := range slices.Sorted(maps.Keys(a.Basic)) {
+		if user == "" || strings.ContainsAny(user, ":\r\n") {
+			d.add(d.pos(&a.Basic, a), "bad basic auth user %q: must be non-empty without \":\"", user)
+		}
+		if !bcryptShape(a.Basic[user]) {
+			d.add(d.pos(&a.Basic, a), "basic auth user %q: password must be a bcrypt hash ($2b$...), for example from `htpasswd -nbB user password`", user)
+		}
+	}
+	for i, tok := range a.Bearer {
+		switch {
+		case tok == "":
+			d.add(d.pos(&a.Bearer[i]), "bearer token is empty (is its ${VAR} set?)")
+		case len(tok) < 16:
+			d.add(d.pos(&a.Bearer[i]), "bearer token must be at least 16 characters")
+		case strings.ContainsAny(tok, " \t\r\n"):
+			d.add(d.pos(&a.Bearer[i]), "bearer token must not contain spaces or line breaks")
+		}
+	}
+}
+
+func bcryptShape(h string) bool {
+	if len(h) != 60 || h[0] != '$' || h[3] != '$' || h[6] != '$' {
+		return false
+	}
+	switch h[1:3] {
+	case "2a", "2b", "2y":
+	default:
+		return false
+	}
+	cost, err := strconv.Atoi(h[4:6])
+	return err == nil && cost >= 4 && cost <= 31
 }
