@@ -17,9 +17,9 @@ import (
 )
 
 var (
-	httpPortLine  = regexp.MustCompile(`(?m)^(\s*http_port:\s*)\d+`)
-	httpsPortLine = regexp.MustCompile(`(?m)^(\s*https_port:\s*)\d+`)
-	quickstartAdminLine     = regexp.MustCompile(`(?m)^(\s*admin:\s*127\.0\.0\.1:)\d+`)
+	httpPortLine        = regexp.MustCompile(`(?m)^(\s*http_port:\s*)\d+`)
+	httpsPortLine       = regexp.MustCompile(`(?m)^(\s*https_port:\s*)\d+`)
+	quickstartAdminLine = regexp.MustCompile(`(?m)^(\s*admin:\s*127\.0\.0\.1:)\d+`)
 )
 
 // TestQuickstartHTTPSInternalCA runs configs/quickstart.yaml (ports moved to

@@ -68,7 +68,8 @@ func HSTSValue(maxAge time.Duration, includeSubdomains, preload bool) string {
 //   - The security headers (HSTS among them) go only on responses to
 //     requests that arrived over TLS (r.TLS != nil, which covers HTTP/1.1,
 //     HTTP/2 and HTTP/3 over TLS). Plain-HTTP responses get none of them;
-//     HSTS in particular must never be sent over plain HTTP (RFC 6797 §7.2).
+//     HSTS in particular must never be sent over plain HTTP (RFC 6797 §7.2):
+//     a backend's Strict-Transport-Security is removed from them too.
 //     A TLS-terminating proxy in front of Gatehouse therefore means no
 //     security headers: X-Forwarded-Proto is not trusted for this.
 //   - Server and X-Powered-By are removed from every final response, TLS or
@@ -82,9 +83,7 @@ func HSTSValue(maxAge time.Duration, includeSubdomains, preload bool) string {
 //
 // The writer handed to the next handler supports Flush, Hijack and, through
 // Unwrap, the rest of http.ResponseController, so streaming and WebSockets
-// work. Per request it allocates that writer and nothing else, and not even
-// that when the policy has nothing to do for the request (plain HTTP with
-// KeepServer). The header values are shared, read-only slices: they are
+// work. Per request it allocates that writer and nothing else. The header values are shared, read-only slices: they are
 // stored in the header map without copying, so code must not modify a
 // value slice in place (appending, as Header.Add does, is fine).
 func SecurityHeaders(p SecurityPolicy) Middleware {
@@ -101,7 +100,7 @@ func SecurityHeaders(p SecurityPolicy) Middleware {
 			secure.set = append(secure.set, headerField{f.key, []string{f.value}})
 		}
 	}
-	plain := &securityHook{strip: !p.KeepServer}
+	plain := &securityHook{strip: !p.KeepServer, dropHSTS: true}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			hook := plain
@@ -134,14 +133,18 @@ type securityHook struct {
 	set      []headerField
 	override bool
 	strip    bool // remove Server and X-Powered-By
+	dropHSTS bool // remove Strict-Transport-Security (plain HTTP)
 }
 
-func (s *securityHook) noop() bool { return !s.strip && len(s.set) == 0 }
+func (s *securityHook) noop() bool { return !s.strip && !s.dropHSTS && len(s.set) == 0 }
 
 func (s *securityHook) final(h http.Header, status int) {
 	if s.strip {
 		delete(h, "Server")
 		delete(h, "X-Powered-By")
+	}
+	if s.dropHSTS {
+		delete(h, "Strict-Transport-Security")
 	}
 	if status == http.StatusSwitchingProtocols {
 		return

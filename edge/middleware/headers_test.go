@@ -487,3 +487,26 @@ func BenchmarkSecurityHeaders(b *testing.B) {
 		})
 	}
 }
+
+// TestSecurityHeadersPlainDropsBackendHSTS: over plain HTTP even a
+// backend's Strict-Transport-Security is removed (RFC 6797 §7.2), with
+// keep_server or not.
+func TestSecurityHeadersPlainDropsBackendHSTS(t *testing.T) {
+	t.Parallel()
+	for _, keep := range []bool{false, true} {
+		p := DefaultSecurityPolicy()
+		p.KeepServer = keep
+		h := SecurityHeaders(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Strict-Transport-Security", "max-age=999")
+			w.Header().Set("Server", "origin")
+		}))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "http://plain.example/", nil))
+		if got := w.Result().Header.Get("Strict-Transport-Security"); got != "" {
+			t.Errorf("keep_server=%v: plain response kept HSTS %q", keep, got)
+		}
+		if got := w.Result().Header.Get("Server"); (got != "") != keep {
+			t.Errorf("keep_server=%v: Server = %q", keep, got)
+		}
+	}
+}
