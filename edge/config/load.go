@@ -170,6 +170,7 @@ func (d *decoder) applyDefaults(cfg *Config) {
 		g.Admin = ""
 	}
 	durationDefault(d, &g.ShutdownTimeout, 10*time.Second)
+	durationDefault(d, &g.ReloadGrace, 30*time.Second)
 	durationDefault(d, &g.Limits.ReadHeaderTimeout, 10*time.Second)
 	durationDefault(d, &g.Limits.IdleTimeout, 2*time.Minute)
 	if !d.has(&g.Limits.MaxHeaderBytes) {
@@ -247,7 +248,11 @@ func (d *decoder) upstreamDefaults(u *Upstream) {
 			h.Path = "/"
 		}
 		durationDefault(d, &h.Interval, 5*time.Second)
+		// Default 2s, but never longer than the interval.
 		durationDefault(d, &h.Timeout, 2*time.Second)
+		if !d.has(&h.Timeout) && h.Interval > 0 {
+			h.Timeout = min(h.Timeout, h.Interval)
+		}
 		if !d.has(&h.ExpectStatus) {
 			h.ExpectStatus = StatusRange{200, 399}
 		}

@@ -169,6 +169,7 @@ func TestDefaults(t *testing.T) {
 		HTTP3:           g.HTTP3,
 		Admin:           "127.0.0.1:2019",
 		ShutdownTimeout: Duration(10 * time.Second),
+		ReloadGrace:     Duration(30 * time.Second),
 		Limits: ServerLimits{
 			ReadHeaderTimeout: Duration(10 * time.Second),
 			IdleTimeout:       Duration(2 * time.Minute),

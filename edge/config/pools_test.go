@@ -103,3 +103,11 @@ func TestPassiveNeverEjectsWarning(t *testing.T) {
 		t.Errorf("warnings = %q", cfg.Warnings)
 	}
 }
+
+func TestHealthTimeoutDefaultFitsInterval(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, "upstreams:\n  a:\n    backends: [{url: 'http://a'}]\n    health_check: {interval: 500ms}\n"+okSite)
+	if h := cfg.Upstreams["a"].HealthCheck; h.Timeout.D() != 500*time.Millisecond {
+		t.Errorf("timeout = %s, want the interval (500ms)", h.Timeout.D())
+	}
+}

@@ -44,14 +44,17 @@ type Global struct {
 	Admin     string `yaml:"admin"`      // default 127.0.0.1:2019; "" after Load means disabled (written "off" or "")
 	// AdminPublic allows Admin on a non-loopback address (the admin API can
 	// purge the cache and reload the config: it has no authentication).
-	AdminPublic     bool          `yaml:"admin_public"`
-	ShutdownTimeout Duration      `yaml:"shutdown_timeout"` // default 10s
-	TrustedProxies  []Prefix      `yaml:"trusted_proxies"`  // CIDRs or single IPs
-	Limits          ServerLimits  `yaml:"limits"`
-	ACME            ACME          `yaml:"acme"`
-	OnDemand        OnDemand      `yaml:"on_demand"`
-	Cache           CacheSettings `yaml:"cache"`
-	Storage         Storage       `yaml:"storage"`
+	AdminPublic     bool     `yaml:"admin_public"`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"` // default 10s
+	// ReloadGrace: after a reload, WebSocket tunnels of removed routes and
+	// of routes whose upstream changed are closed after this (default 30s).
+	ReloadGrace    Duration      `yaml:"reload_grace"`
+	TrustedProxies []Prefix      `yaml:"trusted_proxies"` // CIDRs or single IPs
+	Limits         ServerLimits  `yaml:"limits"`
+	ACME           ACME          `yaml:"acme"`
+	OnDemand       OnDemand      `yaml:"on_demand"`
+	Cache          CacheSettings `yaml:"cache"`
+	Storage        Storage       `yaml:"storage"`
 }
 
 // ServerLimits bound what one client connection may cost the server.
@@ -162,7 +165,7 @@ type Sticky struct {
 type HealthCheck struct {
 	Path         string      `yaml:"path"`          // default "/"
 	Interval     Duration    `yaml:"interval"`      // default 5s
-	Timeout      Duration    `yaml:"timeout"`       // default 2s
+	Timeout      Duration    `yaml:"timeout"`       // default 2s, or interval if shorter
 	ExpectStatus StatusRange `yaml:"expect_status"` // default 200-399; 200, "200-299" or "2xx"
 	ExpectBody   string      `yaml:"expect_body"`   // substring the body must contain; "" = any
 	Rise         int         `yaml:"rise"`          // default 2: passes in a row to return to rotation
