@@ -2,6 +2,8 @@ package edge
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/edge/config"
 	"github.com/gatehouse-proxy/gatehouse/upstream"
 )
 
@@ -22,6 +25,10 @@ import (
 //	GET  /cache                        cache statistics (JSON)
 //	POST /cache/purge?url=URL          drop every stored variant of URL
 //	POST /cache/purge?prefix=PREFIX    drop every stored URL starting with PREFIX
+//	POST /reload                       reload the config file (as SIGHUP)
+//	GET  /config                       the running config, secrets redacted (JSON)
+//	POST /plan                         body: a config file; what a reload of it would change
+//	GET  /metrics                      Prometheus metrics
 //
 // Purge URLs are absolute: scheme, host as the client sent it (lower-cased)
 // and the request target as received, e.g. https://example.com/a?b=1.
@@ -42,6 +49,14 @@ func (s *Server) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": s.cache.Stats()})
 	})
 	mux.HandleFunc("POST /cache/purge", s.purge)
+	mux.HandleFunc("POST /reload", s.adminReload)
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, RedactedConfig(s.rt.Load().Config))
+	})
+	mux.HandleFunc("POST /plan", s.adminPlan)
+	if s.metricsHandler != nil {
+		mux.Handle("GET /metrics", s.metricsHandler)
+	}
 	g := s.rt.Load().Config.Global
 	return adminGuard(mux, g.Admin, g.AdminPublic)
 }
@@ -71,6 +86,64 @@ func adminGuard(next http.Handler, addr string, public bool) http.Handler {
 		}
 		guarded.ServeHTTP(w, r)
 	})
+}
+
+// adminReload handles POST /reload: the same as SIGHUP, answered with the
+// outcome: 200, 422 with every FILE:LINE:COL problem, or 409 when the
+// change needs a restart or there is no file to reload.
+func (s *Server) adminReload(w http.ResponseWriter, _ *http.Request) {
+	err := s.ReloadSource("admin")
+	var errs config.Errors
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, map[string]any{"reloaded": true, "file": s.rt.Load().Config.File})
+	case errors.As(err, &errs):
+		list := make([]string, len(errs))
+		for i, e := range errs {
+			list[i] = e.Error()
+		}
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"reloaded": false, "errors": list})
+	case errors.Is(err, ErrNeedsRestart), errors.Is(err, ErrNoSource), errors.Is(err, ErrStopped):
+		writeJSON(w, http.StatusConflict, map[string]any{"reloaded": false, "error": err.Error()})
+	default:
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"reloaded": false, "error": err.Error()})
+	}
+}
+
+// maxPlanBody bounds the YAML a POST /plan may send.
+const maxPlanBody = 4 << 20
+
+// adminPlan handles POST /plan: the body is a config file (YAML); the
+// answer lists what reloading it would change against the running config,
+// or its problems (422). `gatehouse validate` uses it. Nothing is applied.
+func (s *Server) adminPlan(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPlanBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "config too large"})
+		return
+	}
+	name := r.URL.Query().Get("name")
+	if name == "" {
+		name = "config.yaml"
+	}
+	next, err := config.Parse(name, body)
+	if err != nil {
+		var errs config.Errors
+		list := []string{err.Error()}
+		if errors.As(err, &errs) {
+			list = list[:0]
+			for _, e := range errs {
+				list = append(list, e.Error())
+			}
+		}
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"errors": list})
+		return
+	}
+	plan := Plan(s.rt.Load().Config, next)
+	if plan == nil {
+		plan = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"plan": plan})
 }
 
 // purge handles POST /cache/purge?url=... or ?prefix=...

@@ -4,11 +4,16 @@
 package edge
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +34,11 @@ type Runtime struct {
 	Config *config.Config
 	table  *router.Table
 	pools  map[string]*upstream.Pool
+	// owned are the pools this Runtime starts and closes; a pool reused
+	// from the previous Runtime becomes owned at adopt.
+	owned map[string]bool
+	// tunnelKeys are the Registry keys of the proxied routes.
+	tunnelKeys map[string]bool
 	// stages is each route's per-site part of the fixed stack: security
 	// headers → cache → route header edits → the route's action.
 	stages map[*router.Route]http.Handler
@@ -49,37 +59,52 @@ var ErrUnsupported = errors.New("unsupported configuration")
 // It starts no goroutines (health checkers start with Start), so it can be
 // used to check a config.
 func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
-	return newRuntime(cfg, log, websocket.NewRegistry(), nil)
+	return newRuntime(cfg, log, websocket.NewRegistry(), nil, nil)
 }
 
 // newRuntime is NewRuntime with the Registry in which every proxied route
 // counts its WebSocket tunnels, under the key routeKey(site, route), and the
 // server's response cache (nil: sites with cache: true are not cached).
-func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registry, c *cache.Cache) (*Runtime, error) {
+//
+// prev, when not nil, is the Runtime being replaced: pools whose
+// configuration (and trusted_proxies) did not change are taken over from it
+// with their connections, health and ejection state (see adopt).
+func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registry, c *cache.Cache, prev *Runtime) (*Runtime, error) {
 	if errs := cfg.Unsupported(); len(errs) > 0 {
 		return nil, fmt.Errorf("%w:\n%w", ErrUnsupported, errs)
 	}
-	rt := &Runtime{Config: cfg, pools: make(map[string]*upstream.Pool, len(cfg.Upstreams))}
+	rt := &Runtime{
+		Config: cfg, pools: make(map[string]*upstream.Pool, len(cfg.Upstreams)),
+		owned: make(map[string]bool), tunnelKeys: make(map[string]bool),
+	}
 	trusted := upstream.NewTrustedProxies(cfg.Global.TrustedProxies)
 	for name, u := range cfg.Upstreams {
+		if p := prev.reusablePool(name, cfg); p != nil {
+			rt.pools[name] = p // owned by prev until adopt
+			continue
+		}
 		p, err := upstream.NewPool(u, upstream.PoolOptions{Logger: log, Trusted: trusted})
 		if err != nil {
 			rt.Close()
 			return nil, fmt.Errorf("building upstream %q: %w", name, err)
 		}
 		rt.pools[name] = p
+		rt.owned[name] = true
 	}
 	table, err := router.New(cfg, func(site *config.Site, route *config.Route) (http.Handler, error) {
 		pool := rt.pools[route.Upstream.Pool.Name]
 		if pool == nil {
 			return nil, fmt.Errorf("route %s: upstream %q not built", route.Path, route.Upstream.Pool.Name)
 		}
+		key := routeKey(site, route)
+		rt.tunnelKeys[key] = true
 		return upstream.NewProxy(pool, upstream.Options{
 			Trusted:   trusted,
 			Logger:    log,
 			WebSocket: route.WebSocket,
 			Tunnels:   tunnels,
-			RouteKey:  routeKey(site, route),
+			RouteKey:  key,
+			RouteName: key[:strings.LastIndexByte(key, '#')], // without the fingerprint
 		}), nil
 	})
 	if err != nil {
@@ -102,6 +127,11 @@ func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registr
 // routeKey names a route in the WebSocket Registry: the site's first host
 // and the route's path, as router.Route.Name does. Limits count per key, so
 // they carry over a reload that keeps the route.
+//
+// The key ends with a fingerprint of the route's upstream configuration, so
+// a reload that changes the upstream gives the route a new key: tunnels
+// under keys the new Runtime no longer has are closed after
+// global.reload_grace, and those of unchanged routes stay open.
 func routeKey(site *config.Site, route *config.Route) string {
 	host, path := "", route.Path
 	if len(site.Hosts) > 0 {
@@ -110,7 +140,43 @@ func routeKey(site *config.Site, route *config.Route) string {
 	if path == "" {
 		path = "/"
 	}
-	return host + path
+	return host + path + "#" + upstreamFingerprint(route.Upstream.Pool)
+}
+
+// upstreamFingerprint is a short digest of an upstream's configuration.
+func upstreamFingerprint(u *config.Upstream) string {
+	b, _ := json.Marshal(u) // plain data: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
+}
+
+// reusablePool returns prev's pool name when cfg configures it exactly as
+// prev's config did (and trusted_proxies, which ip_hash uses, is the same);
+// nil otherwise or when prev is nil.
+func (prev *Runtime) reusablePool(name string, cfg *config.Config) *upstream.Pool {
+	if prev == nil || prev.pools[name] == nil || !prev.owned[name] {
+		return nil
+	}
+	if !reflect.DeepEqual(prev.Config.Upstreams[name], cfg.Upstreams[name]) ||
+		!slices.Equal(prev.Config.Global.TrustedProxies, cfg.Global.TrustedProxies) {
+		return nil
+	}
+	return prev.pools[name]
+}
+
+// adopt takes over from prev the pools rt reuses, so that closing prev
+// (after the swap) leaves them running. It returns their names.
+func (rt *Runtime) adopt(prev *Runtime) []string {
+	var names []string
+	for name, p := range rt.pools {
+		if !rt.owned[name] && prev != nil && prev.pools[name] == p && prev.owned[name] {
+			delete(prev.owned, name)
+			rt.owned[name] = true
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // stack is the fixed middleware order. It is code, not configuration:
@@ -301,8 +367,10 @@ func (rt *Runtime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Start starts the pools' health checkers. A server calls it when the
 // Runtime goes live; Close stops them.
 func (rt *Runtime) Start() {
-	for _, p := range rt.pools {
-		p.Start()
+	for name, p := range rt.pools {
+		if rt.owned[name] {
+			p.Start()
+		}
 	}
 }
 
@@ -310,8 +378,10 @@ func (rt *Runtime) Start() {
 // In-flight requests keep working; it is called when the Runtime is
 // replaced or the server stops.
 func (rt *Runtime) Close() {
-	for _, p := range rt.pools {
-		p.Close()
+	for name, p := range rt.pools {
+		if rt.owned[name] {
+			p.Close()
+		}
 	}
 }
 

@@ -44,6 +44,11 @@ type Server struct {
 	// Runtime is started (its health checkers would never be stopped).
 	mu      sync.Mutex
 	stopped bool
+	timers  []*time.Timer // pending tunnel closes after reloads
+
+	source         func() (*config.Config, error) // see SetSource
+	observeReload  func(ok bool)                  // metrics hook; nil: none
+	metricsHandler http.Handler                   // GET /metrics on the admin listener; nil: none
 }
 
 // New builds the first Runtime and the certificate manager from cfg.
@@ -57,7 +62,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("setting up the response cache: %w", err)
 		}
 	}
-	rt, err := newRuntime(cfg, log, s.tunnels, s.cache)
+	rt, err := newRuntime(cfg, log, s.tunnels, s.cache, nil)
 	if err != nil {
 		s.closeCache()
 		return nil, err
@@ -244,7 +249,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer s.tls.Stop()
 	}
 
+	s.mu.Lock()
 	s.rt.Load().Start()
+	s.mu.Unlock()
 	defer s.closeCache()
 
 	errc := make(chan error, 4)
@@ -291,6 +298,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.stopped = true
+	for _, t := range s.timers {
+		t.Stop() // shutdown closed every tunnel already
+	}
 	s.mu.Unlock()
 	s.rt.Load().Close()
 	if failure != nil {
@@ -344,31 +354,63 @@ func (s *Server) shutdown() {
 }
 
 // Reload builds a Runtime from cfg and swaps it in. On error the current
-// Runtime keeps serving untouched. Listener settings (ports, listen address,
+// Runtime keeps serving untouched. Pools whose configuration is unchanged
+// are carried over (connections, health and ejections kept); in-flight
+// requests finish on the Runtime they started on; WebSocket tunnels of
+// unchanged routes stay open and those of removed or changed routes are
+// closed after global.reload_grace. Reloads are serialised. Listener settings (ports, listen address,
 // server limits, http3) and changes to the TLS sites need a restart: such a
 // reload fails with ErrNeedsRestart rather than half-apply.
 func (s *Server) Reload(cfg *config.Config) error {
 	start := time.Now()
-	rt, err := newRuntime(cfg, s.log, s.tunnels, s.cache)
-	if err != nil {
-		return err
-	}
-	cur := s.rt.Load().Config
-	if why := needsRestart(cur, cfg); why != "" {
-		rt.Close()
-		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
-		rt.Close()
 		return ErrStopped
 	}
+	cur := s.rt.Load()
+	if why := needsRestart(cur.Config, cfg); why != "" {
+		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
+	}
+	rt, err := newRuntime(cfg, s.log, s.tunnels, s.cache, cur)
+	if err != nil {
+		return err
+	}
+	kept := rt.adopt(cur)
 	rt.Start()
-	old := s.rt.Swap(rt)
-	old.Close()
-	s.log.Info("config reloaded", "file", cfg.File, "took", time.Since(start).String())
+	s.rt.Store(rt)
+	cur.Close()
+	s.scheduleTunnelClose(cur, rt)
+	s.log.Info("config reloaded", "file", cfg.File, "took", time.Since(start).String(),
+		"pools_kept", len(kept), "pools_built", len(rt.pools)-len(kept))
 	return nil
+}
+
+// scheduleTunnelClose closes, after global.reload_grace, the WebSocket
+// tunnels of routes that old had and cur has not (removed routes, and
+// routes whose upstream changed: their key changed). Tunnels of unchanged
+// routes are left alone. Caller holds s.mu.
+func (s *Server) scheduleTunnelClose(old, cur *Runtime) {
+	gone := map[string]bool{}
+	for k := range old.tunnelKeys {
+		if !cur.tunnelKeys[k] {
+			gone[k] = true
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	grace := cur.Config.Global.ReloadGrace.D()
+	closeGone := func() {
+		if n := s.tunnels.CloseMatching(func(k string) bool { return gone[k] }); n > 0 {
+			s.log.Info("closed websocket tunnels of removed or changed routes", "count", n, "grace", grace.String())
+		}
+	}
+	if grace <= 0 {
+		closeGone()
+		return
+	}
+	s.timers = append(s.timers, time.AfterFunc(grace, closeGone))
 }
 
 // ErrStopped is returned by Reload once Serve has returned.

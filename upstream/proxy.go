@@ -34,6 +34,8 @@ type Options struct {
 	Tunnels *websocket.Registry
 	// RouteKey names the route in Tunnels. "": the pool's name.
 	RouteKey string
+	// RouteName names the route in log lines. "": RouteKey.
+	RouteName string
 }
 
 // Defaults for a zero config.WebSocket (config.Load fills in the same).
@@ -53,6 +55,7 @@ type proxy struct {
 	// WebSocket settings (see Options; defaults applied).
 	tunnels    *websocket.Registry
 	routeKey   string
+	routeName  string // for logs
 	wsIdle     time.Duration
 	maxTunnels int
 }
@@ -111,6 +114,10 @@ func NewProxy(pool *Pool, opts Options) http.Handler {
 	}
 	if p.routeKey == "" {
 		p.routeKey = pool.Name
+	}
+	p.routeName = opts.RouteName
+	if p.routeName == "" {
+		p.routeName = p.routeKey
 	}
 	if p.maxTunnels <= 0 {
 		p.maxTunnels = defaultWSMaxTunnels

@@ -200,7 +200,7 @@ func (p *proxy) reserve(w http.ResponseWriter, r *http.Request) (*websocket.Tunn
 	t, err := p.tunnels.Reserve(p.routeKey, p.maxTunnels)
 	if err != nil {
 		p.log.LogAttrs(r.Context(), slog.LevelWarn, "websocket refused",
-			slog.String("route", p.routeKey), slog.String("pool", p.pool.Name), slog.Any("error", err))
+			slog.String("route", p.routeName), slog.String("pool", p.pool.Name), slog.Any("error", err))
 		w.Header().Set("Retry-After", retryAfterTunnels)
 		writeError(w, http.StatusServiceUnavailable)
 		return nil, false
@@ -290,7 +290,7 @@ func (p *proxy) runTunnel(t *websocket.Tunnel, client, backend websocket.End, in
 //go:noinline
 func (p *proxy) logTunnel(st websocket.Stats, info *tunnelInfo) {
 	p.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
-		slog.String("route", p.routeKey),
+		slog.String("route", p.routeName),
 		slog.String("pool", p.pool.Name),
 		slog.String("backend", info.backend),
 		slog.String("proto", info.proto),
