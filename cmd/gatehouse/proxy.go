@@ -50,7 +50,7 @@ func cmdProxy(args []string, stderr io.Writer) int {
 		logConfigError(log, err)
 		return exitFail
 	}
-	return serve(cfg, nil, log)
+	return serve(cfg, nil, "", log)
 }
 
 // proxyConfig turns the proxy flags into a YAML config document. Until

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/configs"
 	"github.com/gatehouse-proxy/gatehouse/edge"
@@ -16,9 +17,10 @@ import (
 )
 
 func cmdRun(args []string, stderr io.Writer) int {
-	fs := flagSet("run", "[--config FILE] [--log-level LEVEL]\n\nWithout --config (or $"+configEnv+") it serves the embedded configs/quickstart.yaml.", stderr)
+	fs := flagSet("run", "[--config FILE] [--watch] [--log-level LEVEL]\n\nWithout --config (or $"+configEnv+") it serves the embedded configs/quickstart.yaml.", stderr)
 	path := configFlag(fs)
 	level := logLevelFlag(fs)
+	watch := fs.Bool("watch", false, "reload the config file when it changes on disk")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -34,7 +36,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 			logConfigError(log, err)
 			return exitFail
 		}
-		return serve(cfg, nil, log)
+		if *watch {
+			log.Warn("--watch ignored: no config file to watch")
+		}
+		return serve(cfg, nil, "", log)
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -42,13 +47,21 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFail
 	}
 	reload := func() (*config.Config, error) { return config.Load(*path) }
-	return serve(cfg, reload, log)
+	watched := ""
+	if *watch {
+		watched = *path
+	}
+	return serve(cfg, reload, watched, log)
 }
 
-// serve runs the gateway until SIGINT/SIGTERM. SIGHUP calls reload and swaps
-// in the new config; a bad one is logged and the old one keeps serving.
-// reload may be nil (nothing to reload from).
-func serve(cfg *config.Config, reload func() (*config.Config, error), log *slog.Logger) int {
+// watchInterval is how often `run --watch` looks at the config file.
+const watchInterval = time.Second
+
+// serve runs the gateway until SIGINT/SIGTERM. SIGHUP (and the admin API's
+// POST /reload) calls reload and swaps in the new config; a bad one is
+// logged and the old one keeps serving. reload may be nil (nothing to
+// reload from). A non-empty watch is a file whose changes trigger reloads.
+func serve(cfg *config.Config, reload func() (*config.Config, error), watch string, log *slog.Logger) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config warning", "warning", w)
 	}
@@ -76,28 +89,23 @@ func serve(cfg *config.Config, reload func() (*config.Config, error), log *slog.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if reload != nil {
+		srv.SetSource(reload)
+	}
 	go func() {
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				if reload == nil {
-					log.Warn("SIGHUP ignored: this config was not read from a file, so there is nothing to reload")
-					continue
-				}
-				log.Info("reloading config (SIGHUP)")
-				next, err := reload()
-				if err == nil {
-					err = srv.Reload(next)
-				}
-				if err != nil {
-					logConfigError(log, err)
-					log.Error("reload failed; the previous config keeps serving")
-				}
+				_ = srv.ReloadSource("SIGHUP") // outcome logged; a bad file keeps the old config
 			}
 		}
 	}()
+	if watch != "" {
+		log.Info("watching the config file for changes", "file", watch, "interval", watchInterval.String())
+		go srv.WatchFile(ctx, watch, watchInterval)
+	}
 	if err := srv.Serve(ctx); err != nil {
 		log.Error("serving failed", "error", err.Error())
 		return exitFail

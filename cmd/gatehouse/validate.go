@@ -1,18 +1,25 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/edge"
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
 )
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	fs := flagSet("validate", "--config FILE", stderr)
+	fs := flagSet("validate", "--config FILE [--against FILE]\n\nAlso prints what reloading FILE would change: against --against FILE, or else\nagainst the gateway running with FILE's admin address, if one answers there.", stderr)
 	path := configFlag(fs)
+	against := fs.String("against", "", "a config file to compare with instead of the running gateway")
 	_ = logLevelFlag(fs) // accepted like every command's; validate prints plain lines
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -46,5 +53,64 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "warning:", w)
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	printPlan(stdout, stderr, cfg, *path, *against)
 	return exitOK
+}
+
+// printPlan prints what a reload of cfg would change: against the config
+// file against, or the running gateway's config (its admin API's POST
+// /plan). Without either it prints nothing.
+func printPlan(stdout, stderr io.Writer, cfg *config.Config, path, against string) {
+	var plan []string
+	var source string
+	switch {
+	case against != "":
+		old, err := config.Load(against)
+		if err != nil {
+			fmt.Fprintf(stderr, "no plan: %s does not load: %v\n", against, err)
+			return
+		}
+		plan, source = edge.Plan(old, cfg), against
+	case cfg.Global.Admin != "":
+		var err error
+		if plan, err = remotePlan(cfg.Global.Admin, path); err != nil {
+			return // no gateway running there: nothing to compare with
+		}
+		source = "the gateway running at " + cfg.Global.Admin
+	default:
+		return
+	}
+	if len(plan) == 0 {
+		fmt.Fprintf(stdout, "reload plan (against %s): no changes\n", source)
+		return
+	}
+	fmt.Fprintf(stdout, "reload plan (against %s):\n", source)
+	for _, line := range plan {
+		fmt.Fprintln(stdout, "  "+line)
+	}
+}
+
+// remotePlan sends the file to the admin API's POST /plan.
+func remotePlan(admin, path string) ([]string, error) {
+	body, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	res, err := c.Post("http://"+admin+"/plan?name="+url.QueryEscape(path), "application/yaml", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	var out struct {
+		Plan   []string `json:"plan"`
+		Errors []string `json:"errors"`
+	}
+	if err := json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(&out); err != nil {
+		return nil, err
+	}
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("admin /plan: %d %v", res.StatusCode, out.Errors)
+	}
+	return out.Plan, nil
 }
