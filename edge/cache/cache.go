@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +18,7 @@ var ErrInvalidOptions = errors.New("invalid cache options")
 const (
 	defaultCollapseWait = 10 * time.Second
 	maxDefaultObject    = 64 << 20
+	maxDefaultBuffering = 512 << 20
 	// defaultStaleRetention is how long an entry stays in the store after it
 	// turns stale, so that it can be revalidated with a conditional request or
 	// served under a request's max-stale. stale-while-revalidate and
@@ -40,6 +39,12 @@ type Options struct {
 	// through without being stored. 0 means MaxSize/8, capped at 64 MiB.
 	// A value above MaxSize is lowered to MaxSize.
 	MaxObjectSize int64
+	// MaxBuffering bounds, in bytes, the bodies of responses being received
+	// for storing, across all requests in flight. A response that would go
+	// beyond it streams through without being stored. 0 means MaxSize/4,
+	// capped at 512 MiB. A value below MaxObjectSize keeps responses larger
+	// than it from ever being stored.
+	MaxBuffering int64
 	// CollapseWait bounds how long a request waits for a concurrent request
 	// of the same URL to fetch the response it could share. 0 means 10s.
 	CollapseWait time.Duration
@@ -59,6 +64,7 @@ type Stats struct {
 	Collapsed   uint64 // requests served from the response another request fetched
 	Entries     int64  // stored responses (every Vary variant counts)
 	Bytes       int64  // weight held: bodies, headers, keys and a fixed overhead per response
+	Buffering   int64  // bytes of response bodies being received for storing now (a gauge)
 }
 
 // Cache is an RFC 9111 shared HTTP cache used as middleware. It is safe for
@@ -68,9 +74,12 @@ type Cache struct {
 	now            func() time.Time
 	log            *slog.Logger
 	maxObject      int64
+	maxBuffering   int64
 	collapseWait   time.Duration
 	staleRetention time.Duration
 	flights        flightGroup
+	pass           passList // keys whose responses were lately not storable
+	buffering      atomic.Int64
 
 	// Background revalidations: bgCtx is cancelled by Close; bgWG counts the
 	// goroutines; bgMu orders bgWG.Add against Close's Wait.
@@ -97,6 +106,9 @@ func New(opts Options) (*Cache, error) {
 	if opts.MaxObjectSize < 0 {
 		return nil, fmt.Errorf("%w: MaxObjectSize must be >= 0, got %d", ErrInvalidOptions, opts.MaxObjectSize)
 	}
+	if opts.MaxBuffering < 0 {
+		return nil, fmt.Errorf("%w: MaxBuffering must be >= 0, got %d", ErrInvalidOptions, opts.MaxBuffering)
+	}
 	if opts.CollapseWait < 0 {
 		return nil, fmt.Errorf("%w: CollapseWait must be >= 0, got %s", ErrInvalidOptions, opts.CollapseWait)
 	}
@@ -104,6 +116,7 @@ func New(opts Options) (*Cache, error) {
 		now:            opts.Now,
 		log:            opts.Logger,
 		maxObject:      opts.MaxObjectSize,
+		maxBuffering:   opts.MaxBuffering,
 		collapseWait:   opts.CollapseWait,
 		staleRetention: defaultStaleRetention,
 		bgSem:          semaphore.NewWeighted(maxBackground),
@@ -118,6 +131,9 @@ func New(opts Options) (*Cache, error) {
 		c.maxObject = min(opts.MaxSize/8, maxDefaultObject)
 	}
 	c.maxObject = min(c.maxObject, opts.MaxSize)
+	if c.maxBuffering == 0 {
+		c.maxBuffering = min(opts.MaxSize/4, maxDefaultBuffering)
+	}
 	if c.collapseWait == 0 {
 		c.collapseWait = defaultCollapseWait
 	}
@@ -141,6 +157,7 @@ func (c *Cache) Stats() Stats {
 		Collapsed:   c.collapsed.Load(),
 		Entries:     c.store.entries.Load(),
 		Bytes:       int64(c.store.o.WeightedSize()),
+		Buffering:   c.buffering.Load(),
 	}
 }
 
@@ -159,7 +176,9 @@ func (c *Cache) Close() {
 }
 
 // PurgeURL removes every stored variant of rawURL ("https://example.com/a?b")
-// and returns how many responses were removed.
+// and returns how many responses were removed. rawURL is canonicalised as
+// keys are (see the package documentation), so "http://Example.com:80/café"
+// reaches what a request for "/caf%c3%a9" to example.com stored.
 func (c *Cache) PurgeURL(rawURL string) int {
 	key, ok := keyFromURL(rawURL)
 	if !ok {
@@ -169,31 +188,10 @@ func (c *Cache) PurgeURL(rawURL string) int {
 }
 
 // PurgePrefix removes every stored response whose key starts with prefix
-// ("https://example.com/static/") and returns how many were removed. Scheme
-// and host in the prefix are matched case-insensitively; an empty prefix
-// removes everything. It scans the whole store.
+// ("https://example.com/static/") and returns how many were removed. The
+// prefix is canonicalised as keys are (a host that the prefix ends inside is
+// only lower-cased); an empty prefix removes everything. It scans the whole
+// store.
 func (c *Cache) PurgePrefix(prefix string) int {
 	return c.store.removePrefix(normalisePrefix(prefix))
-}
-
-// keyFromURL builds the cache key of an absolute URL, as cacheKey does for a
-// request: scheme://host + escaped request URI, scheme and host lower-cased.
-func keyFromURL(raw string) (string, bool) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme == "" || u.Host == "" {
-		return "", false
-	}
-	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Host) + u.RequestURI(), true
-}
-
-func normalisePrefix(p string) string {
-	i := strings.Index(p, "://")
-	if i < 0 {
-		return p
-	}
-	end := len(p)
-	if j := strings.IndexByte(p[i+3:], '/'); j >= 0 {
-		end = i + 3 + j
-	}
-	return strings.ToLower(p[:end]) + p[end:]
 }

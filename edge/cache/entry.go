@@ -39,19 +39,33 @@ type entry struct {
 type refusal string
 
 const (
-	refuseNone      refusal = ""
-	refuseMethod    refusal = "method"
-	refuseRange     refusal = "range"
+	refuseNone refusal = ""
+	// Refusals because of the request: the response might be stored for
+	// another request.
+	refuseMethod     refusal = "method"
+	refuseRange      refusal = "range"
+	refuseReqNoStore refusal = "request-no-store"
+	refuseAuth       refusal = "authorization"
+	// Refusals because of the response itself.
 	refuseNoStore   refusal = "no-store"
 	refuseStatus    refusal = "status"
 	refusePrivate   refusal = "private"
-	refuseAuth      refusal = "authorization"
 	refuseSetCookie refusal = "set-cookie"
 	refuseTrailer   refusal = "trailer"
 	refuseVaryStar  refusal = "vary-star"
 	refuseTooLarge  refusal = "too-large"
 	refuseNoFresh   refusal = "no-freshness"
 )
+
+// byResponse reports whether the response itself is not storable, whatever
+// the request: buildEntry checks those reasons before the Authorization rule.
+func (r refusal) byResponse() bool {
+	switch r {
+	case refuseNone, refuseMethod, refuseRange, refuseReqNoStore, refuseAuth:
+		return false
+	}
+	return true
+}
 
 // buildEntry turns a response into an entry (without its body) and decides
 // whether a shared cache may store it (RFC 9111 §3, §3.5). The entry is
@@ -113,7 +127,7 @@ func (c *Cache) buildEntry(req *http.Request, ri *requestInfo, status int, raw h
 	case ri.hasRange:
 		return e, refuseRange
 	case ri.cc.has(ccNoStore):
-		return e, refuseNoStore
+		return e, refuseReqNoStore
 	case !understoodStatus(status):
 		return e, refuseStatus
 	case cc.has(ccNoStore) && !cc.has(ccMustUnderstand):
@@ -122,8 +136,6 @@ func (c *Cache) buildEntry(req *http.Request, ri *requestInfo, status int, raw h
 		return e, refuseNoStore
 	case cc.has(ccPrivate):
 		return e, refusePrivate
-	case auth && !cc.has(ccMustRevalidate|ccPublic|ccSMaxAge):
-		return e, refuseAuth
 	case cookie:
 		return e, refuseSetCookie
 	case trailer:
@@ -140,6 +152,9 @@ func (c *Cache) buildEntry(req *http.Request, ri *requestInfo, status int, raw h
 		// Storable, but useless: it could never be served without a full
 		// fetch. Not stored.
 		return e, refuseNoFresh
+	case auth && !cc.has(ccMustRevalidate|ccPublic|ccSMaxAge):
+		// Last, so that refuseAuth means the response is otherwise storable.
+		return e, refuseAuth
 	}
 	return e, refuseNone
 }

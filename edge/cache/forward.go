@@ -13,6 +13,7 @@ type forwardOpts struct {
 	store     bool    // try to store the response
 	collapsed int8    // -1: waited for another forward that gave nothing usable
 	flight    *flight // led by this forward; released once storing is decided
+	done      bool    // the request was answered while collapsing: no forward
 
 	// stale is the stored response being revalidated: the forward carries
 	// its validators, and a 304 freshens it. Nil for a plain miss.
@@ -44,6 +45,7 @@ func (c *Cache) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 		c: c, rw: w, req: r, ri: ri, fo: fo, ctx: r.Context(),
 		h: make(http.Header), declared: -1, reqTime: c.now(),
 	}
+	defer cw.freeBuffer()
 	if c.callNext(next, cw, out, fo.staleIfError) {
 		status := 0 // next failed before any header: no fwd-status
 		if cw.intercept == gotServerError {
@@ -55,6 +57,9 @@ func (c *Cache) forward(w http.ResponseWriter, r *http.Request, ri *requestInfo,
 	switch cw.intercept {
 	case gotNotModified:
 		e, stored := c.applyNotModified(r, ri, fo, cw)
+		// Waiters can use the freshened entry now, without waiting for
+		// this client to take the body.
+		fo.flight.release(false)
 		cs := cacheStatus{fwd: fo.fwd, fwdStatus: http.StatusNotModified, stored: stored}
 		now := c.now()
 		_, cs.ttl = judge(e, &requestInfo{}, now)
@@ -91,7 +96,7 @@ func (c *Cache) callNext(next http.Handler, cw *captureWriter, out *http.Request
 			return
 		}
 		cw.failed = true
-		cw.drop()
+		cw.drop(true)
 		if rescue && !cw.sent {
 			if p := recover(); p != nil {
 				rescued = true
@@ -107,23 +112,29 @@ func (c *Cache) callNext(next http.Handler, cw *captureWriter, out *http.Request
 }
 
 // applyNotModified freshens the revalidated entry with a 304's header
-// (RFC 9111 §4.3.4) and stores the result if it may still be stored; it
-// returns the response to serve.
+// (RFC 9111 §4.3.4) and returns the response to serve. The freshened entry
+// replaces the stored one unless the merged response itself may not be
+// stored (a 304 with no-store, say), in which case the stored one is removed.
+// The request does not matter: an Authorization on it does not stop the
+// update of a response that was stored.
 func (c *Cache) applyNotModified(req *http.Request, ri *requestInfo, fo *forwardOpts, cw *captureWriter) (*entry, bool) {
 	old := fo.stale
 	c.revalidated.Add(1)
 	merged := mergeNotModified(old.header, cw.h, cw.respTime)
 	e, why := c.buildEntry(req, ri, old.status, merged, cw.reqTime, cw.respTime)
 	e.setBody(fo.key, old.body)
-	if why != refuseNone {
+	if why.byResponse() {
 		c.store.removeVariant(fo.key, old)
+		c.pass.add(fo.key, cw.respTime)
 		return e, false
 	}
 	c.store.put(fo.key, e, req, old)
+	c.pass.forget(fo.key)
 	return e, true
 }
 
 func (c *Cache) serveStaleOnError(w http.ResponseWriter, r *http.Request, fo *forwardOpts, status int) {
+	fo.flight.release(false)
 	c.staleServed.Add(1)
 	now := c.now()
 	_, ttl := judge(fo.stale, &requestInfo{}, now)
@@ -181,6 +192,7 @@ func (c *Cache) backgroundFetch(next http.Handler, out *http.Request, key string
 		c: c, req: out, ri: ri, fo: fo, ctx: out.Context(),
 		h: make(http.Header), declared: -1, reqTime: c.now(),
 	}
+	defer cw.freeBuffer()
 	defer func() {
 		if p := recover(); p != nil {
 			if err, ok := p.(error); ok && errors.Is(err, http.ErrAbortHandler) {

@@ -35,18 +35,6 @@ func (c *Cache) Handler(next http.Handler) http.Handler {
 	})
 }
 
-// cacheKey is scheme://host + the request URI as received, host lower-cased.
-func cacheKey(r *http.Request) string {
-	return scheme(r) + "://" + strings.ToLower(r.Host) + r.URL.RequestURI()
-}
-
-func scheme(r *http.Request) string {
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
 func (c *Cache) serveSafe(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	ri := parseRequest(r)
 	key := cacheKey(r)
@@ -116,25 +104,54 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, ri *requestInfo, n
 		fo.stale = stale
 		fo.staleIfError = fwd == "stale" && staleIfErrorAllowed(stale, ri, now)
 	}
-	if !ri.noCache {
-		// Requests that may not lead can still wait for another's forward.
-		f, leader := c.flights.join(key, storable)
-		switch {
-		case leader:
-			fo.flight = f
-			defer c.flights.finish(key, f)
-		case f != nil:
-			if c.waitFlight(r, key, f) && c.serveCollapsed(w, r, ri, key, fwd) {
-				return
-			}
-			if r.Context().Err() != nil {
-				return // the client is gone
-			}
-			fo.collapsed = -1
+	if !ri.noCache && !c.pass.has(key, now) {
+		c.collapse(w, r, ri, key, fwd, fo)
+		if fo.done {
+			return
 		}
+		// Whatever happens to the forward, its waiters are released at the
+		// latest when it ends.
+		defer fo.flight.release(true)
 	}
 	c.misses.Add(1)
 	c.forward(w, r, ri, next, fo)
+}
+
+// collapse makes a request wait for a concurrent forward of its key and
+// serves it from what that one stored (fo.done), or makes it lead a forward
+// (fo.flight) that later requests wait for. Requests that may not lead can
+// still wait. When a leader gives up for a reason of its own (its client went
+// away), its waiters collapse again behind one of them, for at most
+// maxCollapseRounds flights and CollapseWait in all; otherwise a waiter that
+// found nothing usable goes upstream itself (fo.collapsed = -1).
+func (c *Cache) collapse(w http.ResponseWriter, r *http.Request, ri *requestInfo, key, fwd string, fo *forwardOpts) {
+	var deadline time.Time
+	for round := 0; round < maxCollapseRounds; round++ {
+		f, leader := c.flights.join(key, fo.store)
+		if leader {
+			fo.flight = f
+			return
+		}
+		if f == nil {
+			return
+		}
+		if round == 0 {
+			deadline = time.Now().Add(c.collapseWait)
+		}
+		fo.collapsed = -1
+		if !c.waitFlight(r, key, f, deadline) {
+			break
+		}
+		if c.serveCollapsed(w, r, ri, key, fwd) {
+			fo.done = true
+			return
+		}
+		if !f.retry {
+			break
+		}
+	}
+	// The client may be gone: nothing to answer.
+	fo.done = r.Context().Err() != nil
 }
 
 // serveCollapsed answers a request that waited for another's forward from
@@ -231,19 +248,23 @@ func (c *Cache) serveUnsafe(w http.ResponseWriter, r *http.Request, next http.Ha
 }
 
 // invalidateAfterUnsafe removes the target URI and the same-origin URIs in
-// Location and Content-Location (RFC 9111 §4.4), all variants of each.
+// Location and Content-Location (RFC 9111 §4.4), all variants of each. Keys
+// are canonicalised, so "http://example.com:80/a" is the origin of
+// "http://example.com/".
 func (c *Cache) invalidateAfterUnsafe(r *http.Request, h http.Header) {
-	c.store.remove(cacheKey(r))
-	base := &url.URL{Scheme: scheme(r), Host: r.Host, Path: r.URL.Path, RawPath: r.URL.RawPath}
+	sch := scheme(r)
+	c.store.remove(canonicalKey(sch, r.Host, r.URL))
+	base := &url.URL{Scheme: sch, Host: r.Host, Path: r.URL.Path, RawPath: r.URL.RawPath}
+	origin := canonicalHost(sch, r.Host)
 	for _, name := range [...]string{"Location", "Content-Location"} {
 		v := h.Get(name)
 		if v == "" {
 			continue
 		}
 		u, err := base.Parse(v)
-		if err != nil || !strings.EqualFold(u.Scheme, base.Scheme) || !strings.EqualFold(u.Host, base.Host) {
+		if err != nil || !strings.EqualFold(u.Scheme, sch) || canonicalHost(sch, u.Host) != origin {
 			continue
 		}
-		c.store.remove(base.Scheme + "://" + strings.ToLower(base.Host) + u.RequestURI())
+		c.store.remove(canonicalKey(sch, u.Host, u))
 	}
 }

@@ -95,6 +95,7 @@ func newEnv(t *testing.T, h http.HandlerFunc, opts ...func(*Options)) *testEnv {
 		c.Close()
 		e.origin.Close()
 		proxyTransport.CloseIdleConnections()
+		checkNoBuffering(t, c)
 	})
 	return e
 }
@@ -215,6 +216,18 @@ func newTestCache(t *testing.T, clock *fakeClock, mod ...func(*Options)) *Cache 
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(c.Close)
+	t.Cleanup(func() {
+		c.Close()
+		checkNoBuffering(t, c)
+	})
 	return c
+}
+
+// checkNoBuffering asserts that a Cache whose requests have all ended holds
+// no buffering reservation.
+func checkNoBuffering(t *testing.T, c *Cache) {
+	t.Helper()
+	if n := c.Stats().Buffering; n != 0 {
+		t.Errorf("Stats().Buffering = %d after all requests ended, want 0", n)
+	}
 }

@@ -26,11 +26,10 @@ func notModified(h http.Header, etag, lastModified string) bool {
 }
 
 // etagListMatch reports whether the field lines in list ("*" or
-// entity-tags) match etag, with weak or strong comparison (RFC 9110 §8.8.3.2).
+// entity-tags) match the entity-tag of a current representation, with weak
+// or strong comparison (RFC 9110 §8.8.3.2). "*" matches any representation,
+// also one without an entity-tag (etag ""), which no entity-tag matches.
 func etagListMatch(list []string, etag string, strong bool) bool {
-	if etag == "" {
-		return false
-	}
 	for _, v := range list {
 		for {
 			v = strings.TrimLeft(v, " \t,")
@@ -44,7 +43,7 @@ func etagListMatch(list []string, etag string, strong bool) bool {
 			if tag == "" {
 				break // malformed: ignore the rest of this line
 			}
-			if etagEqual(tag, etag, strong) {
+			if etag != "" && etagEqual(tag, etag, strong) {
 				return true
 			}
 			v = rest

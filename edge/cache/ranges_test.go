@@ -119,3 +119,64 @@ func TestHead(t *testing.T) {
 		t.Fatalf("origin hits = %d, want 2", env.hits.Load())
 	}
 }
+
+// RFC 9110 §13.1.2: "If-None-Match: *" matches any current representation,
+// also a stored response without an ETag; no entity-tag matches one.
+func TestIfNoneMatchWithoutETag(t *testing.T) {
+	t.Parallel()
+	lastMod := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		hdr      []string
+		wantCode int
+	}{
+		{"star", []string{"If-None-Match", "*"}, http.StatusNotModified},
+		{"star in a list", []string{"If-None-Match", ` ,*`}, http.StatusNotModified},
+		{"entity-tag", []string{"If-None-Match", `"v1"`}, http.StatusOK},
+		{"entity-tag wins over a matching date", []string{"If-None-Match", `"v1"`, "If-Modified-Since", httpDate(lastMod)}, http.StatusOK},
+		{"date", []string{"If-Modified-Since", httpDate(lastMod)}, http.StatusNotModified},
+	}
+	env := newEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Last-Modified", httpDate(lastMod))
+		_, _ = w.Write([]byte("no etag"))
+	})
+	env.get("/n")
+	env.waitIdle()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := env.get("/n", tc.hdr...)
+			if r.status != tc.wantCode {
+				t.Fatalf("status = %d, want %d", r.status, tc.wantCode)
+			}
+			expectStatus(t, r, "gatehouse; hit; ttl=60")
+		})
+	}
+	if env.hits.Load() != 1 {
+		t.Fatalf("origin hits = %d, want 1", env.hits.Load())
+	}
+}
+
+func TestETagListMatch(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		list   []string
+		etag   string
+		strong bool
+		want   bool
+	}{
+		{[]string{"*"}, "", false, true},
+		{[]string{"*"}, `"a"`, true, true},
+		{[]string{`"a"`}, "", false, false},
+		{[]string{`W/"a"`}, `"a"`, false, true},
+		{[]string{`W/"a"`}, `"a"`, true, false},
+		{[]string{`"b", "a"`}, `"a"`, true, true},
+		{[]string{`bogus, "a"`}, `"a"`, false, false},
+		{nil, "", false, false},
+	}
+	for _, tc := range tests {
+		if got := etagListMatch(tc.list, tc.etag, tc.strong); got != tc.want {
+			t.Errorf("etagListMatch(%q, %q, %v) = %v, want %v", tc.list, tc.etag, tc.strong, got, tc.want)
+		}
+	}
+}

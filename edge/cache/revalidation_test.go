@@ -195,3 +195,82 @@ func TestNormalisedEqual(t *testing.T) {
 		}
 	}
 }
+
+// A request with Authorization may revalidate a stored shared response: a
+// 304 freshens it in the store (RFC 9111 §4.3.4) whatever the request
+// carried; a 200 that may not be stored for this request leaves the stored
+// response alone, unless the response itself says no-store.
+func TestRevalidationWithAuthorization(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		second   func(w http.ResponseWriter, r *http.Request)
+		wantCS   string // of the authenticated request
+		thenCS   string // of the next anonymous request
+		thenBody string
+	}{
+		{
+			name: "304 freshens",
+			second: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Cache-Control", "max-age=10")
+				w.WriteHeader(http.StatusNotModified)
+			},
+			wantCS:   "gatehouse; fwd=stale; fwd-status=304; ttl=10; stored",
+			thenCS:   "gatehouse; hit; ttl=10",
+			thenBody: "shared v1",
+		},
+		{
+			name: "200 not storable for this request keeps the entry",
+			second: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Cache-Control", "max-age=10")
+				w.Header().Set("ETag", `"v2"`)
+				_, _ = w.Write([]byte("for the user"))
+			},
+			wantCS:   "gatehouse; fwd=stale",
+			thenCS:   "gatehouse; fwd=stale; fwd-status=304; ttl=10; stored",
+			thenBody: "shared v1",
+		},
+		{
+			name: "200 with no-store removes the entry",
+			second: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Cache-Control", "no-store")
+				_, _ = w.Write([]byte("secret"))
+			},
+			wantCS:   "gatehouse; fwd=stale",
+			thenCS:   "gatehouse; fwd=uri-miss; stored",
+			thenBody: "shared v1",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var n atomic.Int32
+			env := newEnv(t, func(w http.ResponseWriter, r *http.Request) {
+				switch n.Add(1) {
+				case 2:
+					tc.second(w, r)
+					return
+				case 3:
+					if r.Header.Get("If-None-Match") == `"v1"` {
+						w.Header().Set("Cache-Control", "max-age=10")
+						w.WriteHeader(http.StatusNotModified)
+						return
+					}
+				}
+				w.Header().Set("Cache-Control", "max-age=10")
+				w.Header().Set("ETag", `"v1"`)
+				_, _ = w.Write([]byte("shared v1"))
+			})
+			env.get("/p")
+			env.waitIdle()
+			env.clock.Advance(20 * time.Second)
+			expectStatus(t, env.get("/p", "Authorization", "Bearer secret"), tc.wantCS)
+			env.waitIdle()
+			r := env.get("/p")
+			expectStatus(t, r, tc.thenCS)
+			if r.body != tc.thenBody {
+				t.Fatalf("anonymous body %q, want %q", r.body, tc.thenBody)
+			}
+		})
+	}
+}

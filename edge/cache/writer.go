@@ -40,6 +40,7 @@ type captureWriter struct {
 
 	pending  *entry // the entry being filled, nil when not storing
 	buf      []byte
+	reserved int64 // bytes of buf counted in Cache.buffering
 	declared int64 // Content-Length next declared, -1 if none
 	failed   bool  // a write to the client failed
 }
@@ -69,21 +70,16 @@ func (w *captureWriter) WriteHeader(code int) {
 	}
 	if w.fo.staleIfError && isServerError(code) {
 		w.intercept = gotServerError
+		// Stale will be served and nothing stored: waiters need not wait.
+		w.fo.flight.release(false)
 		return
 	}
 	if w.fo.store {
-		e, why := w.c.buildEntry(w.req, w.ri, code, w.h, w.reqTime, w.respTime)
-		if why == refuseNone {
-			w.pending = e
-			if n, err := strconv.ParseInt(w.h.Get("Content-Length"), 10, 64); err == nil {
-				w.declared = n
-				w.buf = make([]byte, 0, n)
-			}
-		}
+		w.startStoring(code)
 	}
 	if w.pending == nil {
 		// Waiters need not wait for a body that will not be stored.
-		w.fo.flight.release()
+		w.fo.flight.release(false)
 	}
 	if w.rw == nil {
 		return
@@ -102,6 +98,61 @@ func (w *captureWriter) WriteHeader(code int) {
 	appendCacheStatus(dst, cs.String())
 	w.rw.WriteHeader(clientCode)
 	w.sent = true
+}
+
+// initialBuffer bounds the buffer allocated up front for a declared
+// Content-Length; it grows as the body arrives.
+const initialBuffer = 64 << 10
+
+// startStoring decides at the response's header whether it will be stored.
+// A response that is not storable because of what it says marks its key for
+// passing (see passList); one that says no-store also removes the entry it
+// revalidates. A declared Content-Length that does not fit in what is left
+// of MaxBuffering is not stored either.
+func (w *captureWriter) startStoring(code int) {
+	e, why := w.c.buildEntry(w.req, w.ri, code, w.h, w.reqTime, w.respTime)
+	if why != refuseNone {
+		if why.byResponse() && !isServerError(code) {
+			w.c.pass.add(w.fo.key, w.respTime)
+		}
+		if why == refuseNoStore && w.fo.stale != nil {
+			w.c.store.removeVariant(w.fo.key, w.fo.stale)
+		}
+		return
+	}
+	if n, err := strconv.ParseInt(w.h.Get("Content-Length"), 10, 64); err == nil {
+		// buildEntry checked 0 <= n <= MaxObjectSize.
+		if w.c.buffering.Load()+n > w.c.maxBuffering {
+			return
+		}
+		w.declared = n
+		w.buf = make([]byte, 0, min(n, initialBuffer))
+	}
+	w.pending = e
+}
+
+// reserve counts n more bytes buffered against MaxBuffering and reports
+// whether they fit.
+func (w *captureWriter) reserve(n int64) bool {
+	for {
+		cur := w.c.buffering.Load()
+		if cur+n > w.c.maxBuffering {
+			return false
+		}
+		if w.c.buffering.CompareAndSwap(cur, cur+n) {
+			w.reserved += n
+			return true
+		}
+	}
+}
+
+// freeBuffer lets go of the buffer and its reservation. It is idempotent.
+func (w *captureWriter) freeBuffer() {
+	w.buf = nil
+	if w.reserved != 0 {
+		w.c.buffering.Add(-w.reserved)
+		w.reserved = 0
+	}
 }
 
 // informational passes a 1xx (e.g. 103 Early Hints) to the client with the
@@ -132,9 +183,14 @@ func (w *captureWriter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if w.pending != nil {
-		if int64(len(w.buf)+len(p)) > w.c.maxObject {
-			w.drop()
-		} else {
+		n := int64(len(p))
+		switch {
+		case int64(len(w.buf))+n > w.c.maxObject:
+			w.c.pass.add(w.fo.key, w.c.now())
+			w.drop(false)
+		case !w.reserve(n):
+			w.drop(false) // over MaxBuffering: pass the rest through
+		default:
 			w.buf = append(w.buf, p...)
 		}
 	}
@@ -144,7 +200,7 @@ func (w *captureWriter) Write(p []byte) (int, error) {
 	n, err := w.rw.Write(p)
 	if err != nil {
 		w.failed = true
-		w.drop()
+		w.drop(true)
 	}
 	return n, err
 }
@@ -164,11 +220,11 @@ func (w *captureWriter) Flush() {
 	_ = http.NewResponseController(w.rw).Flush()
 }
 
-// drop abandons storing this response.
-func (w *captureWriter) drop() {
+// drop abandons storing this response; retry is as for flight.retry.
+func (w *captureWriter) drop(retry bool) {
 	w.pending = nil
-	w.buf = nil
-	w.fo.flight.release()
+	w.freeBuffer()
+	w.fo.flight.release(retry)
 }
 
 // complete runs after next returned normally: it stores the response if it
@@ -185,15 +241,20 @@ func (w *captureWriter) complete() *entry {
 	}
 	e := w.pending
 	switch {
-	case e == nil, w.failed, w.ctx.Err() != nil:
+	case e == nil:
 		return nil
-	case w.declared >= 0 && int64(len(w.buf)) != w.declared:
-		return nil // shorter (or longer) than Content-Length: partial
+	case w.failed, w.ctx.Err() != nil,
+		w.declared >= 0 && int64(len(w.buf)) != w.declared: // partial
+		w.drop(true)
+		return nil
 	}
 	e.setBody(w.fo.key, w.buf)
 	w.c.store.put(w.fo.key, e, w.req, w.fo.stale)
+	w.c.pass.forget(w.fo.key)
 	w.c.stored.Add(1)
-	w.pending, w.buf = nil, nil
+	w.pending = nil
+	w.freeBuffer()
+	w.fo.flight.release(false)
 	return e
 }
 

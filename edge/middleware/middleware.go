@@ -1,6 +1,6 @@
 // Package middleware owns the small, independent stages of Gatehouse's fixed
 // request stack: panic recovery, request ids, access logging and security
-// headers (limits join later), plus the per-route header operations
+// headers, rate limits and authentication, plus the per-route header operations
 // (RouteHeaders) that package edge wraps around a route's action. Each stage
 // is a Middleware; the order in which they run is fixed by package edge,
 // never by configuration.
@@ -12,7 +12,7 @@
 // backend sent and be sure its change is sent. Their writers keep Flush,
 // Hijack and http.ResponseController working.
 //
-// Stages import only the standard library and never each other.
+// Stages import no other Gatehouse package and never each other.
 package middleware
 
 import "net/http"
