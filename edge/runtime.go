@@ -39,6 +39,8 @@ type Runtime struct {
 	owned map[string]bool
 	// tunnelKeys are the Registry keys of the proxied routes.
 	tunnelKeys map[string]bool
+	// limiters are the routes' rate limiters by route and settings.
+	limiters map[string]*middleware.RateLimiter
 	// stages is each route's per-site part of the fixed stack: security
 	// headers → cache → route header edits → the route's action.
 	stages map[*router.Route]http.Handler
@@ -113,8 +115,14 @@ func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registr
 	}
 	rt.table = table
 	rt.stages = make(map[*router.Route]http.Handler)
+	rt.limiters = make(map[string]*middleware.RateLimiter)
 	for route := range table.Routes() {
-		rt.stages[route] = siteStages(route, c)
+		h := siteStages(route, c)
+		if h, err = rt.accessStages(route, h, trusted, prev); err != nil {
+			rt.Close()
+			return nil, fmt.Errorf("route %s: %w", route.Name, err)
+		}
+		rt.stages[route] = h
 	}
 	if g := cfg.Global; isOn(g.HTTP3) {
 		rt.altSvc = fmt.Sprintf(`h3=":%d"; ma=86400`, g.HTTPSPort)
@@ -219,6 +227,44 @@ func (rt *Runtime) routeHandler() http.Handler {
 		}
 		rt.stages[route].ServeHTTP(w, r)
 	})
+}
+
+// accessStages puts a route's rate limit and auth in front of h (the fixed
+// order: rate limit → auth → security headers → cache → ...), so guessing
+// passwords is rate-limited too. A limiter whose route and settings did not
+// change is taken over from prev, keeping its buckets across a reload.
+func (rt *Runtime) accessStages(route *router.Route, h http.Handler, trusted *upstream.TrustedProxies, prev *Runtime) (http.Handler, error) {
+	if a := route.Config.Auth; a != nil {
+		auth, err := middleware.NewAuth(middleware.AuthOptions{Realm: a.Realm, Basic: a.Basic, Bearer: a.Bearer})
+		if err != nil {
+			return nil, err
+		}
+		h = auth(h)
+	}
+	if rl := route.Config.RateLimit; rl != nil {
+		key := fmt.Sprintf("%s %+v", route.Name, *rl)
+		l := prev.limiter(key)
+		if l == nil {
+			l = middleware.NewRateLimiter(middleware.RateLimitOptions{
+				Requests: rl.Requests, Per: rl.Per.D(), Burst: rl.Burst, MaxClients: rl.MaxClients,
+				ClientIP: trusted.ClientIP,
+			})
+		}
+		rt.limiters[key] = l
+		h = l.Handler(h)
+	}
+	return h, nil
+}
+
+// limiter returns prev's rate limiter under key and hands it over (prev
+// no longer closes it), or nil.
+func (prev *Runtime) limiter(key string) *middleware.RateLimiter {
+	if prev == nil {
+		return nil
+	}
+	l := prev.limiters[key]
+	delete(prev.limiters, key)
+	return l
 }
 
 // siteStages builds the per-site part of the stack for one route.
@@ -382,6 +428,9 @@ func (rt *Runtime) Close() {
 		if rt.owned[name] {
 			p.Close()
 		}
+	}
+	for _, l := range rt.limiters {
+		l.Close() // still answers in-flight requests after Close
 	}
 }
 

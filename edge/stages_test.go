@@ -104,3 +104,52 @@ func BenchmarkStackCacheHit(b *testing.B) {
 		}
 	}
 }
+
+// TestAccessStages: a route's rate limit answers 429 once its burst is
+// spent (auth failures count too), auth answers 401 without a valid token
+// and lets a good one through; an unchanged limiter survives a reload.
+func TestAccessStages(t *testing.T) {
+	t.Setenv("GH_TOKEN", "token-0123456789abcdef")
+	doc := `
+global: {listen: 127.0.0.1, http_port: 1, admin: "off"}
+sites:
+  - hosts: [a.example]
+    tls: off
+    routes:
+      - path: /
+        respond: {body: "ok\n"}
+        rate_limit: {requests: 3, per: 1h}
+        auth: {bearer: ["${GH_TOKEN}"]}
+`
+	cfg := mustParse(t, doc)
+	srv, err := New(cfg, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Runtime().Close(); srv.closeCache() })
+	get := func(token string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest("GET", "http://a.example/", nil)
+		r.RemoteAddr = "192.0.2.7:1234"
+		if token != "" {
+			r.Header.Set("Authorization", "Bearer "+token)
+		}
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, r)
+		return w
+	}
+	if w := get(""); w.Code != 401 || !strings.Contains(w.Header().Get("Www-Authenticate"), `Bearer realm="gatehouse"`) {
+		t.Fatalf("no token: %d %v", w.Code, w.Header())
+	}
+	if w := get("token-0123456789abcdef"); w.Code != 200 || w.Body.String() != "ok\n" {
+		t.Fatalf("good token: %d %q", w.Code, w.Body.String())
+	}
+	if err := srv.Reload(mustParse(t, doc)); err != nil {
+		t.Fatal(err)
+	}
+	if w := get("token-0123456789abcdef"); w.Code != 200 {
+		t.Fatalf("third request (after reload): %d", w.Code)
+	}
+	if w := get("token-0123456789abcdef"); w.Code != 429 || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("fourth request: %d %v, want 429 with Retry-After (the bucket carried over the reload)", w.Code, w.Header())
+	}
+}
