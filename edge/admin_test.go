@@ -72,6 +72,18 @@ func TestAdminAPI(t *testing.T) {
 	if err := json.Unmarshal(w.Body.Bytes(), &pools); err != nil || len(pools) != 1 || pools[0].Name != "api" || len(pools[0].Backends) != 1 {
 		t.Errorf("/upstreams = %s (%v)", w.Body.String(), err)
 	}
+	w = do("GET", "http://127.0.0.1:2019/metrics", nil)
+	for _, want := range []string{
+		`gatehouse_http_requests_total{code="2xx",proto="h1",route="cached.example/",site="cached.example"} 2`,
+		`gatehouse_cache_hits_total 1`,
+		`gatehouse_upstream_backend_healthy{backend="http://127.0.0.1:9",pool="api"} 1`,
+		`gatehouse_config_reloads_total{result="failure"} 0`,
+		`gatehouse_http_requests_in_flight 0`,
+	} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	w = do("GET", "http://127.0.0.1:2019/cache", nil)
 	if !strings.Contains(w.Body.String(), `"enabled": true`) || w.Header().Get("Content-Type") != "application/json" {
 		t.Errorf("/cache = %s", w.Body.String())

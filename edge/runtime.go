@@ -51,6 +51,16 @@ type Runtime struct {
 	altSvc      string // Alt-Svc value for h1/h2 responses of h3 sites; "" when h3 is off
 }
 
+// shared is what a Server's Runtimes share and outlive: the WebSocket
+// tunnels (nil: a Registry of the Runtime's own), the response cache (nil:
+// sites with cache: true are not cached) and the metrics observer (nil:
+// none).
+type shared struct {
+	tunnels  *websocket.Registry
+	cache    *cache.Cache
+	observer middleware.Observer
+}
+
 // ErrUnsupported wraps configs that ask for features this build lacks.
 var ErrUnsupported = errors.New("unsupported configuration")
 
@@ -61,7 +71,7 @@ var ErrUnsupported = errors.New("unsupported configuration")
 // It starts no goroutines (health checkers start with Start), so it can be
 // used to check a config.
 func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
-	return newRuntime(cfg, log, websocket.NewRegistry(), nil, nil)
+	return newRuntime(cfg, log, shared{tunnels: websocket.NewRegistry()}, nil)
 }
 
 // newRuntime is NewRuntime with the Registry in which every proxied route
@@ -71,7 +81,11 @@ func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
 // prev, when not nil, is the Runtime being replaced: pools whose
 // configuration (and trusted_proxies) did not change are taken over from it
 // with their connections, health and ejection state (see adopt).
-func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registry, c *cache.Cache, prev *Runtime) (*Runtime, error) {
+func newRuntime(cfg *config.Config, log *slog.Logger, sh shared, prev *Runtime) (*Runtime, error) {
+	tunnels, c := sh.tunnels, sh.cache
+	if tunnels == nil {
+		tunnels = websocket.NewRegistry()
+	}
 	if errs := cfg.Unsupported(); len(errs) > 0 {
 		return nil, fmt.Errorf("%w:\n%w", ErrUnsupported, errs)
 	}
@@ -127,8 +141,8 @@ func newRuntime(cfg *config.Config, log *slog.Logger, tunnels *websocket.Registr
 	if g := cfg.Global; isOn(g.HTTP3) {
 		rt.altSvc = fmt.Sprintf(`h3=":%d"; ma=86400`, g.HTTPSPort)
 	}
-	rt.handler = stack(rt.routeHandler(), log, trusted)
-	rt.httpHandler = stack(rt.plainHTTPHandler(), log, trusted)
+	rt.handler = stack(rt.routeHandler(), log, trusted, sh.observer)
+	rt.httpHandler = stack(rt.plainHTTPHandler(), log, trusted, sh.observer)
 	return rt, nil
 }
 
@@ -192,7 +206,7 @@ func (rt *Runtime) adopt(prev *Runtime) []string {
 // → router lookup → security headers → cache → (compression: later) →
 // route header edits → action. The stages after the lookup are per site
 // (siteStages): configuration turns them on or off, never reorders them.
-func stack(h http.Handler, log *slog.Logger, trusted *upstream.TrustedProxies) http.Handler {
+func stack(h http.Handler, log *slog.Logger, trusted *upstream.TrustedProxies, obs middleware.Observer) http.Handler {
 	clientIP := func(r *http.Request) string {
 		if ip := trusted.ClientIP(r); ip.IsValid() {
 			return ip.String()
@@ -202,7 +216,7 @@ func stack(h http.Handler, log *slog.Logger, trusted *upstream.TrustedProxies) h
 	return middleware.Chain(h,
 		middleware.Recover(log),
 		middleware.RequestID(),
-		middleware.AccessLog(log, clientIP),
+		middleware.AccessLog(log, clientIP, obs),
 	)
 }
 
@@ -220,6 +234,9 @@ func (rt *Runtime) routeHandler() http.Handler {
 		}
 		info := middleware.InfoFrom(r.Context())
 		info.Route, info.Upstream = route.Name, route.Upstream
+		if len(route.Site.Hosts) > 0 {
+			info.Site = route.Site.Hosts[0]
+		}
 		if rt.altSvc != "" && r.TLS != nil && r.ProtoMajor < 3 && isOn(route.Site.HTTP3) {
 			// Set with the final status: a backend's 1xx clears the header
 			// map, and the forwarder strips the backend's own Alt-Svc.

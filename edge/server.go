@@ -17,7 +17,10 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/edge/cache"
 	"github.com/gatehouse-proxy/gatehouse/edge/config"
+	"github.com/gatehouse-proxy/gatehouse/edge/metrics"
+	"github.com/gatehouse-proxy/gatehouse/edge/middleware"
 	gtls "github.com/gatehouse-proxy/gatehouse/tls"
+	"github.com/gatehouse-proxy/gatehouse/upstream"
 	"github.com/gatehouse-proxy/gatehouse/websocket"
 )
 
@@ -49,6 +52,7 @@ type Server struct {
 	source         func() (*config.Config, error) // see SetSource
 	observeReload  func(ok bool)                  // metrics hook; nil: none
 	metricsHandler http.Handler                   // GET /metrics on the admin listener; nil: none
+	metrics        *metrics.Metrics
 }
 
 // New builds the first Runtime and the certificate manager from cfg.
@@ -62,7 +66,20 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("setting up the response cache: %w", err)
 		}
 	}
-	rt, err := newRuntime(cfg, log, s.tunnels, s.cache, nil)
+	s.metrics = metrics.New(metrics.Sources{
+		Pools:   func() []upstream.PoolStatus { return s.rt.Load().upstreamStatus() },
+		Tunnels: s.tunnels.Count,
+		Cache: func() (cache.Stats, bool) {
+			if s.cache == nil {
+				return cache.Stats{}, false
+			}
+			return s.cache.Stats(), true
+		},
+		Certificates: s.certificateExpiries,
+	})
+	s.observeReload = s.metrics.Reload
+	s.metricsHandler = s.metrics.Handler()
+	rt, err := newRuntime(cfg, log, s.shared(), nil)
 	if err != nil {
 		s.closeCache()
 		return nil, err
@@ -103,6 +120,40 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// shared is what every Runtime of s uses.
+func (s *Server) shared() shared {
+	return shared{tunnels: s.tunnels, cache: s.cache, observer: requestObserver{s.metrics}}
+}
+
+// requestObserver feeds the access log's view of each request to metrics.
+type requestObserver struct{ m *metrics.Metrics }
+
+func (o requestObserver) Start() { o.m.Inflight(1) }
+
+func (o requestObserver) Done(r *http.Request, info *middleware.Info, status int, d time.Duration) {
+	o.m.Inflight(-1)
+	site, route := info.Site, info.Route
+	if site == "" {
+		site = "-" // no site matched (404/421): one series, not one per Host
+	}
+	if route == "" {
+		route = "-"
+	}
+	o.m.ObserveRequest(site, route, metrics.ProtoLabel(r), status, d)
+}
+
+// certificateExpiries lists the managed certificates for the metrics gauge.
+func (s *Server) certificateExpiries() []metrics.CertExpiry {
+	if s.tls == nil {
+		return nil
+	}
+	var out []metrics.CertExpiry
+	for _, c := range s.tls.Expiries() {
+		out = append(out, metrics.CertExpiry{Name: c.Name, NotAfter: c.NotAfter})
+	}
+	return out
 }
 
 func (s *Server) closeCache() {
@@ -372,7 +423,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	if why := needsRestart(cur.Config, cfg); why != "" {
 		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
 	}
-	rt, err := newRuntime(cfg, s.log, s.tunnels, s.cache, cur)
+	rt, err := newRuntime(cfg, s.log, s.shared(), cur)
 	if err != nil {
 		return err
 	}

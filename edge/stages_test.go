@@ -39,7 +39,7 @@ func stagesRuntime(tb testing.TB) (*Runtime, *cache.Cache) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rt, err := newRuntime(cfg, quiet(), nil, c, nil)
+	rt, err := newRuntime(cfg, quiet(), shared{cache: c}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -12,8 +12,17 @@ import (
 // fresh *Info in the request context; later stages fill it in through
 // InfoFrom. It is owned by one request and needs no locking.
 type Info struct {
+	Site     string // the site's first host ("" when no site matched)
 	Route    string
 	Upstream string
+}
+
+// Observer is told about every request the access log stage sees (for
+// metrics): Start when it arrives, Done when its response is complete, with
+// the final status and the time taken. It must be safe for concurrent use.
+type Observer interface {
+	Start()
+	Done(r *http.Request, info *Info, status int, d time.Duration)
 }
 
 type infoKey struct{}
@@ -30,8 +39,10 @@ func InfoFrom(ctx context.Context) *Info {
 // AccessLog logs one JSON line per request at info level, after the response
 // is complete: client_ip, method, host, path, status, bytes, duration_ms,
 // route, upstream, request_id and proto. clientIP says who the client is
-// (through trusted proxies); nil means the TCP peer.
-func AccessLog(log *slog.Logger, clientIP func(*http.Request) string) Middleware {
+// (through trusted proxies); nil means the TCP peer. obs, when not nil, is
+// told about each request too (metrics share the log's view of status and
+// duration).
+func AccessLog(log *slog.Logger, clientIP func(*http.Request) string, obs Observer) Middleware {
 	if clientIP == nil {
 		clientIP = peerIP
 	}
@@ -39,6 +50,9 @@ func AccessLog(log *slog.Logger, clientIP func(*http.Request) string) Middleware
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			info := &Info{}
+			if obs != nil {
+				obs.Start()
+			}
 			lw := &logWriter{ResponseWriter: w}
 			// Read these before the handler runs: later stages may rewrite the URL.
 			method, host, path, proto := r.Method, r.Host, r.URL.Path, r.Proto
@@ -52,6 +66,9 @@ func AccessLog(log *slog.Logger, clientIP func(*http.Request) string) Middleware
 					status = http.StatusOK
 				default: // panicked before writing: Recover (outside us) answers 500
 					status = http.StatusInternalServerError
+				}
+				if obs != nil {
+					obs.Done(r, info, status, time.Since(start))
 				}
 				log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 					slog.String("client_ip", clientIP(r)),

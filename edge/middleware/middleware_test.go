@@ -89,7 +89,7 @@ func TestAccessLog(t *testing.T) {
 		w.WriteHeader(http.StatusContinue)
 		w.WriteHeader(http.StatusTeapot)
 		_, _ = w.Write([]byte("hello"))
-	}), Recover(log), RequestID(), AccessLog(log, func(*http.Request) string { return "203.0.113.9" }))
+	}), Recover(log), RequestID(), AccessLog(log, func(*http.Request) string { return "203.0.113.9" }, nil))
 	// A real server: httptest.ResponseRecorder treats a 1xx as the final status.
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -129,7 +129,7 @@ func TestAccessLogPanicIs500(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	h := Chain(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { panic("x") }),
-		Recover(log), AccessLog(log, nil))
+		Recover(log), AccessLog(log, nil, nil))
 	req := httptest.NewRequest("GET", "/", nil)
 	req.RemoteAddr = "[2001:db8::1]:5555"
 	h.ServeHTTP(httptest.NewRecorder(), req)
@@ -145,7 +145,7 @@ func TestWritersUnwrapForFlush(t *testing.T) {
 		if err := http.NewResponseController(w).Flush(); err != nil {
 			t.Errorf("flush through the stack: %v", err)
 		}
-	}), Recover(log), RequestID(), AccessLog(log, nil))
+	}), Recover(log), RequestID(), AccessLog(log, nil, nil))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
 	if !rec.Flushed {
@@ -194,7 +194,7 @@ func TestRequestIDResponseHeader(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := httptest.NewServer(Chain(tc.handler, Recover(log), RequestID(), AccessLog(log, nil)))
+			srv := httptest.NewServer(Chain(tc.handler, Recover(log), RequestID(), AccessLog(log, nil, nil)))
 			t.Cleanup(srv.Close)
 			req, _ := http.NewRequest("GET", srv.URL, nil)
 			req.Header.Set(RequestIDHeader, id)

@@ -69,7 +69,7 @@ func TestRequestIDThroughProxy(t *testing.T) {
 			}))
 			t.Cleanup(backend.Close)
 			front := httptest.NewServer(middleware.Chain(newProxy(t, backend.URL),
-				middleware.Recover(quietLog()), middleware.RequestID(), middleware.AccessLog(quietLog(), nil)))
+				middleware.Recover(quietLog()), middleware.RequestID(), middleware.AccessLog(quietLog(), nil, nil)))
 			t.Cleanup(front.Close)
 
 			client := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 60e9}}
