@@ -2,7 +2,9 @@
 // (with a fallback CA), the internal CA for local names, manual certificate
 // files (reloaded when they change) and the on-demand issuance gate. It hands
 // the edge a *crypto/tls.Config whose GetCertificate picks the right source
-// for each SNI name, and an HTTP-01 challenge handler.
+// for each SNI name, and an HTTP-01 challenge handler. A config reload may
+// change the sites, but not the global TLS settings, without a restart
+// (Manager.Update, SameGlobalTLS).
 //
 // The standard crypto/tls is imported as stdtls throughout.
 package tls
@@ -14,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -22,6 +25,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
@@ -31,28 +35,46 @@ import (
 )
 
 // Manager obtains, renews, stores and serves the certificates of every TLS
-// site in one config. Start it once; its methods are safe for concurrent use.
+// site of the config it was built with, or last updated to. Start it once;
+// its methods are safe for concurrent use.
 // A CA outage never stops it: certificates already in storage are served,
 // and CertMagic retries issuance with backoff in the background.
+//
+// The sites can change while it runs (see [Manager.Update]): everything a
+// handshake needs is one immutable *tlsState behind an atomic pointer, so
+// the handshake path takes no lock.
 type Manager struct {
 	log     *slog.Logger
-	cfg     *config.Config
+	zl      *zap.Logger
+	opts    managerOptions
 	cache   *certmagic.Cache
 	storage certmagic.Storage
 
-	acme     *certmagic.Config // tls: auto (public names) and manual certificates
-	internal *certmagic.Config // tls: internal, and tls: auto for local names
-	onDemand *certmagic.Config // tls: on_demand (nil when no site uses it)
-	policy   *OnDemandPolicy   // nil when no site uses on_demand
-	issuer   *certmagic.ACMEIssuer
-	ca       *InternalCA // nil until a site needs it
-	alpn01   bool        // the tls-alpn-01 challenge is enabled
+	acme   *certmagic.Config // tls: auto (public names) and manual certificates
+	issuer *certmagic.ACMEIssuer
+	alpn01 bool // the tls-alpn-01 challenge is enabled
 
-	sites  siteIndex
+	// state is what handshakes read: the site index and the CertMagic
+	// configs serving it. Stored under mu and track.
+	state  atomic.Pointer[tlsState]
 	manual *manualCerts
 
-	cancel   context.CancelFunc // set by Start
-	watchers sync.WaitGroup     // the manual-file watcher
+	// mu serialises Start, Update and Stop and guards the fields below.
+	mu       sync.Mutex
+	cfg      *config.Config                // the config last applied
+	ctx      context.Context               // the Manager's lifetime, set by Start
+	cancel   context.CancelFunc            // ends ctx
+	stopped  bool                          // Stop was called
+	managing map[string]context.CancelFunc // managed name → end of its initial obtain
+
+	// track guards onDemandNames and makes a state swap atomic with the
+	// check of a freshly cached certificate against the state (see
+	// cachedManaged). Never held on the handshake path of a cached
+	// certificate.
+	track         sync.Mutex
+	onDemandNames map[string]*certmagic.Config // names with an on-demand certificate cached
+
+	watchers sync.WaitGroup // the manual-file watcher
 	stopOnce sync.Once
 }
 
@@ -79,28 +101,23 @@ func newManager(cfg *config.Config, log *slog.Logger, opts managerOptions) (*Man
 		return nil, fmt.Errorf("creating data_dir: %w", err)
 	}
 	m := &Manager{
-		log:     log,
-		cfg:     cfg,
-		storage: &certmagic.FileStorage{Path: filepath.Join(g.DataDir, "certmagic")},
-		sites:   newSiteIndex(cfg.Sites),
-		alpn01:  slices.Contains(g.ACME.Challenges, "tls-alpn-01"),
+		log:           log,
+		zl:            newZapLogger(log.With("component", "certmagic")),
+		opts:          opts,
+		cfg:           cfg,
+		storage:       &certmagic.FileStorage{Path: filepath.Join(g.DataDir, "certmagic")},
+		alpn01:        slices.Contains(g.ACME.Challenges, "tls-alpn-01"),
+		managing:      map[string]context.CancelFunc{},
+		onDemandNames: map[string]*certmagic.Config{},
 	}
-	zl := newZapLogger(log.With("component", "certmagic"))
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
-			if len(c.Names) == 0 {
-				return m.acme, nil
-			}
-			return m.configFor(c.Names[0]), nil
+			return m.state.Load().configForCert(c), nil
 		},
-		Logger: zl,
+		Logger: m.zl,
 	})
-	newCfg := func(issuers ...certmagic.Issuer) *certmagic.Config {
-		return certmagic.New(m.cache, certmagic.Config{Storage: m.storage, Logger: zl, Issuers: issuers})
-	}
-
-	m.acme = newCfg()
-	issuers, err := m.acmeIssuers(m.acme, zl)
+	m.acme = m.newCfg()
+	issuers, err := m.acmeIssuers(g, m.acme)
 	if err != nil {
 		m.cache.Stop()
 		return nil, err
@@ -108,50 +125,44 @@ func newManager(cfg *config.Config, log *slog.Logger, opts managerOptions) (*Man
 	m.acme.Issuers = issuers
 	m.issuer = issuers[0].(*certmagic.ACMEIssuer)
 
-	if m.sites.needsInternalCA() {
-		pki := filepath.Join(g.DataDir, "pki")
-		if err := ensurePrivateDir(pki, log); err != nil {
-			m.cache.Stop()
-			return nil, fmt.Errorf("internal CA: %w", err)
-		}
-		ca, err := LoadOrCreateCA(pki)
-		if err != nil {
-			m.cache.Stop()
-			return nil, fmt.Errorf("internal CA: %w", err)
-		}
-		m.ca = ca
-		m.internal = newCfg(ca)
-	} else {
-		m.internal = m.acme
+	st, err := m.nextState(cfg, nil)
+	if err != nil {
+		m.cache.Stop()
+		return nil, err
 	}
-
-	if m.sites.hasMode(config.TLSOnDemand) {
-		m.policy = NewOnDemandPolicy(g.OnDemand, func(name string) bool {
-			return m.sites.modeFor(name) == config.TLSOnDemand
-		}, nil, log.With("component", "on_demand"))
-		m.onDemand = newCfg()
-		var odIssuers []certmagic.Issuer
-		if opts.onDemandIssuers != nil {
-			odIssuers = opts.onDemandIssuers(m.onDemand)
-		} else if odIssuers, err = m.acmeIssuers(m.onDemand, zl); err != nil {
-			m.cache.Stop()
-			return nil, err
-		}
-		// Rate limits apply when a certificate is ordered, in the issuers;
-		// the decision CertMagic also consults before loading or renewing a
-		// stored certificate only checks the name and asks.
-		m.onDemand.Issuers = wrapOnDemandIssuers(odIssuers, newOnDemandGate(m.policy))
-		m.onDemand.OnDemand = &certmagic.OnDemandConfig{DecisionFunc: m.decideOnDemand}
-	}
+	m.state.Store(st)
 	m.manual = newManualCerts(m.acme, m.cache, log)
 	return m, nil
 }
 
+// newCfg is a CertMagic config on the Manager's cache and storage whose
+// freshly cached managed certificates are checked by cachedManaged.
+func (m *Manager) newCfg(issuers ...certmagic.Issuer) *certmagic.Config {
+	var cmCfg *certmagic.Config
+	cmCfg = certmagic.New(m.cache, certmagic.Config{
+		Storage: m.storage,
+		Logger:  m.zl,
+		Issuers: issuers,
+		OnEvent: func(_ context.Context, event string, data map[string]any) error {
+			if event == eventCachedManaged {
+				sans, _ := data["sans"].([]string)
+				m.cachedManaged(cmCfg, sans)
+			}
+			return nil
+		},
+		ShouldEmitFunc: func(event string) bool { return event == eventCachedManaged },
+	})
+	return cmCfg
+}
+
+// eventCachedManaged is the CertMagic event emitted after a managed
+// certificate was put in the cache (loaded from storage or just obtained).
+const eventCachedManaged = "cached_managed_cert"
+
 // acmeIssuers builds the ACME issuer (and the fallback CA, tried when the
 // first fails) for a CertMagic config. TestCA is set to the same directory
 // so CertMagic can never fall back to a CA that was not configured.
-func (m *Manager) acmeIssuers(cmCfg *certmagic.Config, zl *zap.Logger) ([]certmagic.Issuer, error) {
-	g := m.cfg.Global
+func (m *Manager) acmeIssuers(g config.Global, cmCfg *certmagic.Config) ([]certmagic.Issuer, error) {
 	build := func(ca, caRoot string, eab *config.EAB) (*certmagic.ACMEIssuer, error) {
 		var roots *x509.CertPool
 		if caRoot != "" {
@@ -175,7 +186,7 @@ func (m *Manager) acmeIssuers(cmCfg *certmagic.Config, zl *zap.Logger) ([]certma
 			AltHTTPPort:             g.HTTPPort,
 			AltTLSALPNPort:          g.HTTPSPort,
 			TrustedRoots:            roots,
-			Logger:                  zl,
+			Logger:                  m.zl,
 		}
 		if eab != nil {
 			tmpl.ExternalAccount = &acme.EAB{KeyID: eab.KeyID, MACKey: eab.MACKey}
@@ -206,56 +217,81 @@ func (m *Manager) acmeIssuers(cmCfg *certmagic.Config, zl *zap.Logger) ([]certma
 // started the certificate cache's maintenance goroutine). When Start fails it
 // has cancelled whatever it had begun, and the file watcher is not running.
 func (m *Manager) Start(ctx context.Context) (err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.stopped:
+		return errNotRunning
+	case m.ctx != nil:
+		return errors.New("tls manager started twice")
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	m.cancel = cancel
+	m.ctx, m.cancel = ctx, cancel
 	defer func() {
 		if err != nil {
 			cancel()
 		}
 	}()
-	if err := m.manual.load(ctx, m.cfg.Sites); err != nil {
+	if err := m.manual.apply(ctx, m.cfg.Sites, nil); err != nil {
 		return err
 	}
-	acmeNames, internalNames := m.sites.managedNames()
-	if len(internalNames) > 0 {
-		if err := m.internal.ManageAsync(ctx, internalNames); err != nil {
-			return fmt.Errorf("managing internal certificates: %w", err)
-		}
-	}
-	if len(acmeNames) > 0 {
-		if err := m.acme.ManageAsync(ctx, acmeNames); err != nil {
-			return fmt.Errorf("managing certificates: %w", err)
-		}
-	}
+	st := m.state.Load()
+	m.manage(st, slices.Sorted(maps.Keys(st.managed)))
 	// Last, once nothing can fail any more: the watcher is Stop's to end.
 	m.watchers.Go(func() { m.manual.watch(ctx) })
+	acmeNames, internalNames := st.sites.managedNames()
 	m.log.Info("certificate management started",
 		"acme_names", acmeNames, "internal_names", internalNames, "acme_ca", m.cfg.Global.ACME.CA)
 	return nil
+}
+
+// errNotRunning: Update (or Start) on a Manager not started or stopped.
+var errNotRunning = errors.New("tls manager not running")
+
+// manage starts managing names with their config in st, each with its own
+// context so that Update can cancel an initial obtain still in flight for a
+// name it removes. Callers must hold m.mu, with m.ctx set.
+func (m *Manager) manage(st *tlsState, names []string) {
+	for _, name := range names {
+		cmCfg := st.managed[name]
+		ctx, cancel := context.WithCancel(m.ctx)
+		if prev := m.managing[name]; prev != nil {
+			prev()
+		}
+		m.managing[name] = cancel
+		// ManageAsync only fails in its synchronous form.
+		if err := cmCfg.ManageAsync(ctx, []string{name}); err != nil {
+			m.log.Error("managing certificate", "name", name, "error", err.Error())
+		}
+	}
 }
 
 // Stop ends background renewals and file watching, and waits for the cache
 // maintenance and the file watcher to return (an issuance CertMagic has in
 // flight ends on its own, its context cancelled). Call it when done with the
 // Manager: after Start returned, even with an error, or without Start. Later
-// calls do nothing.
+// calls do nothing. It waits for an Update in progress.
 func (m *Manager) Stop() {
 	m.stopOnce.Do(func() {
-		if m.cancel != nil {
-			m.cancel()
+		m.mu.Lock()
+		m.stopped = true
+		cancel := m.cancel
+		m.mu.Unlock()
+		if cancel != nil {
+			cancel()
 		}
 		m.watchers.Wait()
 		m.cache.Stop()
 	})
 }
 
-// RootCertPath is the internal CA's root certificate file, "" when no site
-// uses the internal CA.
+// RootCertPath is the internal CA's root certificate file, "" while no site
+// has needed the internal CA.
 func (m *Manager) RootCertPath() string {
-	if m.ca == nil {
-		return ""
+	if ca := m.state.Load().ca; ca != nil {
+		return ca.RootPath()
 	}
-	return m.ca.RootPath()
+	return ""
 }
 
 // TLSConfig is the server configuration for the TCP listener: TLS 1.2+,
@@ -290,19 +326,28 @@ var ErrNoCertificate = errors.New("no certificate for this server name")
 
 // GetCertificate returns the certificate for a handshake, dispatching on the
 // SNI name to the CertMagic config that manages it (without SNI, on the local
-// IP address the client connected to). ACME TLS-ALPN-01 challenge handshakes
-// are answered by any config (challenges are shared); a handshake offering
-// acme-tls/1 for a name with no challenge in progress fails at once, logged
-// at debug level only, so that no one can fill the logs with them.
+// IP address the client connected to). A server name of no site fails at
+// once, so that a certificate still cached for a site just removed by Update
+// is never served. ACME TLS-ALPN-01 challenge handshakes are answered by any
+// config (challenges are shared); a handshake offering acme-tls/1 for a name
+// with no challenge in progress fails at once, logged at debug level only, so
+// that no one can fill the logs with them. Lock-free: it reads one snapshot
+// of the sites.
 func (m *Manager) GetCertificate(hello *stdtls.ClientHelloInfo) (*stdtls.Certificate, error) {
+	challenge := false
 	if slices.Contains(hello.SupportedProtos, acmeTLSALPN) {
 		if _, active := certmagic.GetACMEChallenge(hello.ServerName); hello.ServerName == "" || !active {
 			m.log.Debug("acme-tls/1 handshake without an active challenge", "sni", hello.ServerName, "remote", remoteAddr(hello))
 			return nil, fmt.Errorf("%w: %q: no ACME challenge in progress", ErrNoCertificate, hello.ServerName)
 		}
+		challenge = true
 	}
-	cmCfg := m.configForHello(hello)
-	cert, err := cmCfg.GetCertificate(hello)
+	st := m.state.Load()
+	if !challenge && hello.ServerName != "" && st.sites.modeFor(hello.ServerName) == "" {
+		m.log.Debug("handshake for a name of no site", "sni", hello.ServerName, "remote", remoteAddr(hello))
+		return nil, fmt.Errorf("%w: %q", ErrNoCertificate, hello.ServerName)
+	}
+	cert, err := st.configForHello(hello).GetCertificate(hello)
 	if err != nil {
 		m.log.Debug("handshake without certificate", "sni", hello.ServerName, "error", err.Error())
 		return nil, fmt.Errorf("%w: %q", ErrNoCertificate, hello.ServerName)
@@ -317,23 +362,9 @@ func remoteAddr(hello *stdtls.ClientHelloInfo) string {
 	return hello.Conn.RemoteAddr().String()
 }
 
-// configForHello picks the CertMagic config for a handshake. With SNI it is
-// configFor the name. Without SNI, CertMagic serves the certificate of the
-// local IP address, so the config is chosen by that address, never the
-// on-demand one: no one was asked about it. An address of no site (or of an
-// on_demand site) gets the ACME config, which only serves cached certificates.
+// configForHello is the current state's configForHello.
 func (m *Manager) configForHello(hello *stdtls.ClientHelloInfo) *certmagic.Config {
-	if hello.ServerName != "" {
-		return m.configFor(hello.ServerName)
-	}
-	ip := localIP(hello.Conn)
-	if ip == "" {
-		return m.acme
-	}
-	if cmCfg := m.configFor(ip); cmCfg != m.onDemand {
-		return cmCfg
-	}
-	return m.acme
+	return m.state.Load().configForHello(hello)
 }
 
 // localIP is the address c was accepted on, in the form site hosts use
@@ -352,53 +383,6 @@ func localIP(c net.Conn) string {
 		return ""
 	}
 	return a.Unmap().WithZone("").String()
-}
-
-// configFor picks the CertMagic config for a server name.
-func (m *Manager) configFor(name string) *certmagic.Config {
-	name = canonicalName(name)
-	switch m.sites.modeFor(name) {
-	case config.TLSInternal:
-		return m.internal
-	case config.TLSAuto:
-		if IsInternalName(name) {
-			return m.internal
-		}
-	case config.TLSOnDemand:
-		if m.onDemand != nil {
-			return m.onDemand
-		}
-	}
-	return m.acme
-}
-
-// decideOnDemand is the on-demand config's DecisionFunc, which CertMagic
-// consults before obtaining, but also before loading a stored certificate
-// and before renewing one. A name of an on_demand site whose certificate is
-// already in storage is allowed without asking, so that stored certificates
-// are served even while the ask endpoint is down; other names are asked
-// about. Rate limits are not applied here but by the issuers (see
-// onDemandGate), when a certificate is really ordered.
-func (m *Manager) decideOnDemand(ctx context.Context, name string) error {
-	name, err := m.policy.Eligible(name)
-	if err != nil {
-		return err
-	}
-	if m.storedOnDemand(ctx, name) {
-		return nil
-	}
-	return m.policy.Decide(ctx, name)
-}
-
-// storedOnDemand reports whether storage holds a certificate for name from
-// one of the on-demand config's issuers.
-func (m *Manager) storedOnDemand(ctx context.Context, name string) bool {
-	for _, iss := range m.onDemand.Issuers {
-		if m.storage.Exists(ctx, certmagic.StorageKeys.SiteCert(iss.IssuerKey(), name)) {
-			return true
-		}
-	}
-	return false
 }
 
 // HandleHTTPChallenge answers an ACME HTTP-01 request and reports whether r

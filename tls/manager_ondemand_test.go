@@ -122,7 +122,7 @@ func TestOnDemandStoredCertsSurviveRestart(t *testing.T) {
 	if n := iss.calls.Load(); n != int64(len(names)) {
 		t.Fatalf("run 1: issuer called %d times, want %d", n, len(names))
 	}
-	if st := m.policy.Stats(); st.Reserved != uint64(len(names)) || st.RateLimited != 0 {
+	if st := m.state.Load().onDemand.policy.Stats(); st.Reserved != uint64(len(names)) || st.RateLimited != 0 {
 		t.Fatalf("run 1: policy stats %+v", st)
 	}
 	stop()
@@ -165,10 +165,10 @@ func TestOnDemandStoredCertsSurviveRestart(t *testing.T) {
 	}}
 	m, stop = startTestManager(t, onDemandConfig(ask.askURL(), 1), dataDir, quietLog(), renewAll)
 	handshake = serveTLS(t, m)
-	attempts := func() uint64 { st := m.policy.Stats(); return st.Reserved + st.RateLimited }
+	attempts := func() uint64 { st := m.state.Load().onDemand.policy.Stats(); return st.Reserved + st.RateLimited }
 	handshakeAll("run 3, round 1", handshake)
 	waitFor(t, func() bool { return attempts() >= uint64(len(names)) })
-	if st := m.policy.Stats(); st.Reserved != 1 {
+	if st := m.state.Load().onDemand.policy.Stats(); st.Reserved != 1 {
 		t.Fatalf("run 3: %d renewals admitted with rate_limit 1, want 1 (stats %+v)", st.Reserved, st)
 	}
 	waitNoLocks(t, dataDir)
@@ -335,7 +335,7 @@ sites:
 			t.Fatalf("handshake without SNI: serial %v, err %v; want %v", serial, err, first)
 		}
 	}
-	if st := m.policy.Stats(); st != (OnDemandStats{}) {
+	if st := m.state.Load().onDemand.policy.Stats(); st != (OnDemandStats{}) {
 		t.Fatalf("the on-demand policy was consulted for a handshake without SNI: %+v", st)
 	}
 	if n := iss.calls.Load(); n != 0 {
@@ -347,20 +347,20 @@ sites:
 		local string
 		want  *certmagic.Config
 	}{
-		{"127.0.0.1:443", m.internal},
-		{"[::ffff:127.0.0.1]:443", m.internal},
+		{"127.0.0.1:443", m.state.Load().internal},
+		{"[::ffff:127.0.0.1]:443", m.state.Load().internal},
 		{"10.1.2.3:443", m.acme}, // "*" is on_demand: not for an IP without SNI
 		{"[fe80::1%eth0]:443", m.acme},
 	} {
 		hello := &stdtls.ClientHelloInfo{Conn: stubConn{local: c.local}}
 		if got := m.configForHello(hello); got != c.want {
-			t.Errorf("local %s: wrong config (on-demand: %v)", c.local, got == m.onDemand)
+			t.Errorf("local %s: wrong config (on-demand: %v)", c.local, got == m.state.Load().onDemand.cfg)
 		}
 	}
 	if got := m.configForHello(&stdtls.ClientHelloInfo{}); got != m.acme {
 		t.Error("no connection: want the ACME config")
 	}
-	if got := m.configForHello(&stdtls.ClientHelloInfo{ServerName: "x.example.com"}); got != m.onDemand {
+	if got := m.configForHello(&stdtls.ClientHelloInfo{ServerName: "x.example.com"}); got != m.state.Load().onDemand.cfg {
 		t.Error("SNI of the on_demand site: want the on-demand config")
 	}
 }
