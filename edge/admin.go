@@ -57,8 +57,10 @@ func (s *Server) adminHandler() http.Handler {
 	if s.metricsHandler != nil {
 		mux.Handle("GET /metrics", s.metricsHandler)
 	}
-	g := s.rt.Load().Config.Global
-	return adminGuard(mux, g.Admin, g.AdminPublic)
+	return adminGuard(mux, func() (string, bool) {
+		g := s.rt.Load().Config.Global // admin_public may change on reload
+		return g.Admin, g.AdminPublic
+	})
 }
 
 // adminGuard keeps web pages away from the admin API. A page cannot reach
@@ -66,11 +68,12 @@ func (s *Server) adminHandler() http.Handler {
 // "localhost" or the admin address itself gets 403, unless admin_public),
 // nor by a cross-site form or fetch: unsafe methods from another origin are
 // refused by net/http's CrossOriginProtection (Sec-Fetch-Site / Origin).
-func adminGuard(next http.Handler, addr string, public bool) http.Handler {
-	adminHost, _, _ := net.SplitHostPort(addr)
+func adminGuard(next http.Handler, settings func() (addr string, public bool)) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	guarded := cop.Handler(next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		addr, public := settings()
+		adminHost, _, _ := net.SplitHostPort(addr)
 		host := r.Host
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h

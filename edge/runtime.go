@@ -39,8 +39,10 @@ type Runtime struct {
 	owned map[string]bool
 	// tunnelKeys are the Registry keys of the proxied routes.
 	tunnelKeys map[string]bool
-	// limiters are the routes' rate limiters by route and settings.
+	// limiters are the routes' rate limiters by route and settings;
+	// borrowed ones still belong to the previous Runtime until adopt.
 	limiters map[string]*middleware.RateLimiter
+	borrowed map[string]bool
 	// stages is each route's per-site part of the fixed stack: security
 	// headers → cache → route header edits → the route's action.
 	stages map[*router.Route]http.Handler
@@ -130,6 +132,7 @@ func newRuntime(cfg *config.Config, log *slog.Logger, sh shared, prev *Runtime) 
 	rt.table = table
 	rt.stages = make(map[*router.Route]http.Handler)
 	rt.limiters = make(map[string]*middleware.RateLimiter)
+	rt.borrowed = make(map[string]bool)
 	for route := range table.Routes() {
 		h := siteStages(route, c)
 		if h, err = rt.accessStages(route, h, trusted, prev); err != nil {
@@ -197,6 +200,10 @@ func (rt *Runtime) adopt(prev *Runtime) []string {
 			names = append(names, name)
 		}
 	}
+	for key := range rt.borrowed {
+		delete(prev.limiters, key) // prev's Close must leave it running
+		delete(rt.borrowed, key)
+	}
 	slices.Sort(names)
 	return names
 }
@@ -260,8 +267,13 @@ func (rt *Runtime) accessStages(route *router.Route, h http.Handler, trusted *up
 	}
 	if rl := route.Config.RateLimit; rl != nil {
 		key := fmt.Sprintf("%s %+v", route.Name, *rl)
-		l := prev.limiter(key)
-		if l == nil {
+		var l *middleware.RateLimiter
+		if prev != nil {
+			l = prev.limiters[key] // borrowed until adopt
+		}
+		if l != nil {
+			rt.borrowed[key] = true
+		} else {
 			l = middleware.NewRateLimiter(middleware.RateLimitOptions{
 				Requests: rl.Requests, Per: rl.Per.D(), Burst: rl.Burst, MaxClients: rl.MaxClients,
 				ClientIP: trusted.ClientIP,
@@ -271,17 +283,6 @@ func (rt *Runtime) accessStages(route *router.Route, h http.Handler, trusted *up
 		h = l.Handler(h)
 	}
 	return h, nil
-}
-
-// limiter returns prev's rate limiter under key and hands it over (prev
-// no longer closes it), or nil.
-func (prev *Runtime) limiter(key string) *middleware.RateLimiter {
-	if prev == nil {
-		return nil
-	}
-	l := prev.limiters[key]
-	delete(prev.limiters, key)
-	return l
 }
 
 // siteStages builds the per-site part of the stack for one route.
@@ -446,8 +447,10 @@ func (rt *Runtime) Close() {
 			p.Close()
 		}
 	}
-	for _, l := range rt.limiters {
-		l.Close() // still answers in-flight requests after Close
+	for key, l := range rt.limiters {
+		if !rt.borrowed[key] {
+			l.Close() // still answers in-flight requests after Close
+		}
 	}
 }
 

@@ -427,6 +427,20 @@ func (s *Server) Reload(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	if s.tls != nil {
+		// New names are managed (in the background), removed ones dropped,
+		// new manual pairs loaded; on error nothing changed.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := s.tls.Update(ctx, cfg)
+		cancel()
+		if err != nil {
+			rt.Close()
+			if errors.Is(err, gtls.ErrNeedsRestart) {
+				return fmt.Errorf("%w: %w; the previous config keeps serving", ErrNeedsRestart, err)
+			}
+			return fmt.Errorf("updating certificates: %w; the previous config keeps serving", err)
+		}
+	}
 	kept := rt.adopt(cur)
 	rt.Start()
 	s.rt.Store(rt)
@@ -471,8 +485,9 @@ var ErrStopped = errors.New("the server has stopped")
 var ErrNeedsRestart = errors.New("this change needs a restart")
 
 // needsRestart says why b cannot replace a in place ("" when it can): the
-// listeners, the HTTP/3 server and the certificate manager are built once
-// at start, so their settings and the set of TLS sites must not change.
+// listeners, the HTTP/3 server, the admin listener, the cache and the
+// certificate manager are built once at start, so their settings must not
+// change (the set of TLS sites may: Manager.Update applies it).
 func needsRestart(a, b *config.Config) string {
 	ag, bg := a.Global, b.Global
 	switch {
@@ -486,34 +501,12 @@ func needsRestart(a, b *config.Config) string {
 		return "global.admin changed"
 	case ag.Cache != bg.Cache:
 		return "global.cache changed"
-	case !sameTLSSites(a, b):
-		return "the set of TLS sites (hosts or their tls: mode) changed"
+	case !needsTLS(a) && needsTLS(b):
+		return "the first TLS site needs the HTTPS listener and certificate manager, which start with the process"
+	case needsTLS(a) && needsTLS(b):
+		if why := gtls.SameGlobalTLS(a, b); why != "" {
+			return why
+		}
 	}
 	return ""
-}
-
-// sameTLSSites reports whether two configs ask for the same names and modes.
-func sameTLSSites(a, b *config.Config) bool {
-	key := func(c *config.Config) map[string]config.TLSMode {
-		m := map[string]config.TLSMode{}
-		for _, site := range c.Sites {
-			if site.TLS.Mode == config.TLSOff {
-				continue
-			}
-			for _, h := range site.Hosts {
-				m[h] = site.TLS.Mode
-			}
-		}
-		return m
-	}
-	ka, kb := key(a), key(b)
-	if len(ka) != len(kb) {
-		return false
-	}
-	for h, m := range ka {
-		if kb[h] != m {
-			return false
-		}
-	}
-	return true
 }

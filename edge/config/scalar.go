@@ -233,7 +233,8 @@ func parseBackendURL(s string) (*url.URL, error) {
 	case u.Opaque != "" || u.Hostname() == "":
 		return nil, bad("missing host")
 	case u.User != nil:
-		return nil, bad("user info is not allowed")
+		// The message must not echo a password from the file.
+		return nil, fmt.Errorf("bad backend URL %q: user info is not allowed", u.Redacted())
 	case u.Path != "" && u.Path != "/":
 		return nil, bad("a path is not allowed (use the route's path and strip_prefix)")
 	case u.RawQuery != "" || u.ForceQuery:

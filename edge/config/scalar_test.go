@@ -226,3 +226,11 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+func TestBackendURLErrorHidesPassword(t *testing.T) {
+	t.Parallel()
+	_, err := parseBackendURL("http://bob:s3cretpw@127.0.0.1:3000")
+	if err == nil || strings.Contains(err.Error(), "s3cretpw") || !strings.Contains(err.Error(), "user info is not allowed") {
+		t.Errorf("err = %v: want the user-info error without the password", err)
+	}
+}
