@@ -153,8 +153,8 @@ func newRuntime(cfg *config.Config, log *slog.Logger, sh shared, prev *Runtime) 
 // and the route's path, as router.Route.Name does. Limits count per key, so
 // they carry over a reload that keeps the route.
 //
-// The key ends with a fingerprint of the route's upstream configuration, so
-// a reload that changes the upstream gives the route a new key: tunnels
+// The key ends with a fingerprint of the route's upstream, auth and request
+// header edits, so a reload that changes one of them gives the route a new key: tunnels
 // under keys the new Runtime no longer has are closed after
 // global.reload_grace, and those of unchanged routes stay open.
 func routeKey(site *config.Site, route *config.Route) string {
@@ -165,12 +165,19 @@ func routeKey(site *config.Site, route *config.Route) string {
 	if path == "" {
 		path = "/"
 	}
-	return host + path + "#" + upstreamFingerprint(route.Upstream.Pool)
+	return host + path + "#" + tunnelFingerprint(route)
 }
 
-// upstreamFingerprint is a short digest of an upstream's configuration.
-func upstreamFingerprint(u *config.Upstream) string {
-	b, _ := json.Marshal(u) // plain data: cannot fail
+// tunnelFingerprint is a short digest of what an open tunnel depends on:
+// the upstream's configuration, the route's auth (a reload that revokes
+// credentials must end the tunnels opened with them) and its request
+// header edits.
+func tunnelFingerprint(route *config.Route) string {
+	b, _ := json.Marshal(struct { // plain data: cannot fail
+		Upstream *config.Upstream
+		Auth     *config.Auth
+		Request  config.HeaderOps
+	}{route.Upstream.Pool, route.Auth, route.Headers.Request})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
 }
@@ -266,7 +273,9 @@ func (rt *Runtime) accessStages(route *router.Route, h http.Handler, trusted *up
 		h = auth(h)
 	}
 	if rl := route.Config.RateLimit; rl != nil {
-		key := fmt.Sprintf("%s %+v", route.Name, *rl)
+		// trusted_proxies is part of the key: the limiter resolves clients
+		// with it, so a reload that changes it must not keep the old one.
+		key := fmt.Sprintf("%s %+v %v", route.Name, *rl, rt.Config.Global.TrustedProxies)
 		var l *middleware.RateLimiter
 		if prev != nil {
 			l = prev.limiters[key] // borrowed until adopt

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,7 @@ type Server struct {
 	timers  []*time.Timer // pending tunnel closes after reloads
 
 	source         func() (*config.Config, error) // see SetSource
+	reloadMu       sync.Mutex                     // serialises ReloadSource
 	observeReload  func(ok bool)                  // metrics hook; nil: none
 	metricsHandler http.Handler                   // GET /metrics on the admin listener; nil: none
 	metrics        *metrics.Metrics
@@ -160,6 +162,13 @@ func (s *Server) closeCache() {
 	if s.cache != nil {
 		s.cache.Close()
 	}
+}
+
+// markStopped refuses later reloads (Serve is not running to own them).
+func (s *Server) markStopped() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 }
 
 // Cache is the server's response cache (nil when global.cache.max_size is 0).
@@ -287,6 +296,7 @@ func (s *Server) Addr() net.Addr { return s.httpLn.Addr() }
 func (s *Server) Serve(ctx context.Context) error {
 	if s.httpLn == nil {
 		if err := s.Listen(); err != nil {
+			s.markStopped()
 			return err
 		}
 	}
@@ -295,6 +305,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		// background, so a CA outage never delays serving.
 		if err := s.tls.Start(context.WithoutCancel(ctx)); err != nil {
 			s.closeListeners()
+			s.markStopped()
 			return fmt.Errorf("starting certificate management: %w", err)
 		}
 		defer s.tls.Stop()
@@ -420,7 +431,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		return ErrStopped
 	}
 	cur := s.rt.Load()
-	if why := needsRestart(cur.Config, cfg); why != "" {
+	if why := needsRestart(cur.Config, cfg, s.tls != nil); why != "" {
 		return fmt.Errorf("%w: %s; the previous config keeps serving", ErrNeedsRestart, why)
 	}
 	rt, err := newRuntime(cfg, s.log, s.shared(), cur)
@@ -466,16 +477,25 @@ func (s *Server) scheduleTunnelClose(old, cur *Runtime) {
 		return
 	}
 	grace := cur.Config.Global.ReloadGrace.D()
+	var t *time.Timer
 	closeGone := func() {
-		if n := s.tunnels.CloseMatching(func(k string) bool { return gone[k] }); n > 0 {
+		s.mu.Lock()
+		live := s.rt.Load().tunnelKeys // a later reload may have put a route back
+		s.timers = slices.DeleteFunc(s.timers, func(x *time.Timer) bool { return x == t })
+		s.mu.Unlock()
+		if n := s.tunnels.CloseMatching(func(k string) bool { return gone[k] && !live[k] }); n > 0 {
 			s.log.Info("closed websocket tunnels of removed or changed routes", "count", n, "grace", grace.String())
 		}
 	}
 	if grace <= 0 {
-		closeGone()
+		n := s.tunnels.CloseMatching(func(k string) bool { return gone[k] })
+		if n > 0 {
+			s.log.Info("closed websocket tunnels of removed or changed routes", "count", n)
+		}
 		return
 	}
-	s.timers = append(s.timers, time.AfterFunc(grace, closeGone))
+	t = time.AfterFunc(grace, closeGone)
+	s.timers = append(s.timers, t)
 }
 
 // ErrStopped is returned by Reload once Serve has returned.
@@ -488,7 +508,11 @@ var ErrNeedsRestart = errors.New("this change needs a restart")
 // listeners, the HTTP/3 server, the admin listener, the cache and the
 // certificate manager are built once at start, so their settings must not
 // change (the set of TLS sites may: Manager.Update applies it).
-func needsRestart(a, b *config.Config) string {
+//
+// haveTLS says whether the HTTPS listener and certificate manager exist
+// (they do once the process started with a TLS site, even if a reload
+// removed every TLS site since).
+func needsRestart(a, b *config.Config, haveTLS bool) string {
 	ag, bg := a.Global, b.Global
 	switch {
 	case ag.Listen != bg.Listen || ag.HTTPPort != bg.HTTPPort || ag.HTTPSPort != bg.HTTPSPort:
@@ -501,7 +525,7 @@ func needsRestart(a, b *config.Config) string {
 		return "global.admin changed"
 	case ag.Cache != bg.Cache:
 		return "global.cache changed"
-	case !needsTLS(a) && needsTLS(b):
+	case !haveTLS && needsTLS(b):
 		return "the first TLS site needs the HTTPS listener and certificate manager, which start with the process"
 	case needsTLS(a) && needsTLS(b):
 		if why := gtls.SameGlobalTLS(a, b); why != "" {

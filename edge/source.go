@@ -23,6 +23,10 @@ var ErrNoSource = errors.New("this configuration was not read from a file, so th
 // error (an invalid file, with every FILE:LINE:COL problem logged, or a
 // change that needs a restart) the running configuration keeps serving.
 func (s *Server) ReloadSource(trigger string) error {
+	// One at a time from reading the file to the swap: two triggers racing
+	// (SIGHUP and the watcher) must not apply an older read last.
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	if s.source == nil {
 		s.log.Warn("reload ignored", "trigger", trigger, "reason", ErrNoSource.Error())
 		return ErrNoSource

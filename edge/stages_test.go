@@ -152,4 +152,12 @@ sites:
 	if w := get("token-0123456789abcdef"); w.Code != 429 || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("fourth request: %d %v, want 429 with Retry-After (the bucket carried over the reload)", w.Code, w.Header())
 	}
+	// A reload that changes trusted_proxies builds a new limiter: the old
+	// one resolves clients with the old list.
+	if err := srv.Reload(mustParse(t, strings.Replace(doc, `admin: "off"}`, `admin: "off", trusted_proxies: [10.0.0.1]}`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	if w := get("token-0123456789abcdef"); w.Code != 200 {
+		t.Fatalf("after trusted_proxies changed: %d, want 200 from a new limiter", w.Code)
+	}
 }

@@ -212,7 +212,8 @@ func parsePrefix(s string) (Prefix, error) {
 // host, an optional port, and nothing else (no path, query, fragment or
 // user info). The default port is not added.
 func parseBackendURL(s string) (*url.URL, error) {
-	bad := func(why string) error { return fmt.Errorf("bad backend URL %q: %s", s, why) }
+	// Messages quote the value without any password it carries.
+	bad := func(why string) error { return fmt.Errorf("bad backend URL %q: %s", hideUserinfo(s), why) }
 	if s == "" {
 		return nil, bad("empty")
 	}
@@ -233,8 +234,7 @@ func parseBackendURL(s string) (*url.URL, error) {
 	case u.Opaque != "" || u.Hostname() == "":
 		return nil, bad("missing host")
 	case u.User != nil:
-		// The message must not echo a password from the file.
-		return nil, fmt.Errorf("bad backend URL %q: user info is not allowed", u.Redacted())
+		return nil, bad("user info is not allowed")
 	case u.Path != "" && u.Path != "/":
 		return nil, bad("a path is not allowed (use the route's path and strip_prefix)")
 	case u.RawQuery != "" || u.ForceQuery:
@@ -292,4 +292,22 @@ func parseStatusRange(s string) (StatusRange, error) {
 		return StatusRange{}, bad
 	}
 	return StatusRange{a, b}, nil
+}
+
+// hideUserinfo replaces the user info of a URL-like string ("scheme://
+// user:pass@host...") with "xxxxx", without parsing it (it may not parse).
+func hideUserinfo(s string) string {
+	_, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return s
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	at := strings.LastIndexByte(rest[:end], '@')
+	if at < 0 {
+		return s
+	}
+	return s[:len(s)-len(rest)] + "xxxxx" + rest[at:]
 }

@@ -229,8 +229,29 @@ func FuzzParseSize(f *testing.F) {
 
 func TestBackendURLErrorHidesPassword(t *testing.T) {
 	t.Parallel()
-	_, err := parseBackendURL("http://bob:s3cretpw@127.0.0.1:3000")
-	if err == nil || strings.Contains(err.Error(), "s3cretpw") || !strings.Contains(err.Error(), "user info is not allowed") {
-		t.Errorf("err = %v: want the user-info error without the password", err)
+	for in, want := range map[string]string{
+		"http://bob:s3cretpw@127.0.0.1:3000": "user info is not allowed",
+		"http://bob:s3cretpw@host:bad":       "invalid port",
+		"ftp://bob:s3cretpw@host":            "scheme must be",
+	} {
+		_, err := parseBackendURL(in)
+		if err == nil || strings.Contains(err.Error(), "s3cretpw") || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v: want %q without the password", in, err, want)
+		}
+	}
+	if got := hideUserinfo("http://a:b@c/d@e"); got != "http://xxxxx@c/d@e" {
+		t.Errorf("hideUserinfo = %q", got)
+	}
+}
+
+func TestParseUntrustedDoesNotExpand(t *testing.T) {
+	t.Setenv("GH_SECRET_FOR_TEST", "sup3rs3cret")
+	doc := "sites: [{hosts: [a.example], tls: {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}, routes: [{redirect: {to: \"${GH_SECRET_FOR_TEST}\"}}]}]\n"
+	_, err := ParseUntrusted("p.yaml", []byte(doc))
+	if err == nil || strings.Contains(err.Error(), "sup3rs3cret") || !strings.Contains(err.Error(), "${GH_SECRET_FOR_TEST}") {
+		t.Errorf("err = %v: want the literal ${VAR} and no secret", err)
+	}
+	if strings.Contains(err.Error(), "nonexistent") {
+		t.Errorf("untrusted parse looked at files: %v", err)
 	}
 }
