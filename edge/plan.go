@@ -11,12 +11,16 @@ import (
 
 // Plan lists what replacing config a with b would change, one line per
 // item ("+ site example.com", "~ route example.com/api/: upstream changed",
-// "- pool old"), sorted, plus a last line when the change needs a restart.
-// An empty plan means no change.
+// "- pool old", "~ global.acme.ca"), sorted, plus a last line when the
+// change needs a restart. An empty plan means no change. Global settings
+// are named by their YAML keys, never with their values (some are secrets).
 func Plan(a, b *config.Config) []string {
 	var out []string
 	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 
+	for _, key := range globalChanges(reflect.ValueOf(a.Global), reflect.ValueOf(b.Global), "global") {
+		add("~ %s", key)
+	}
 	as, bs := sitesByName(a), sitesByName(b)
 	for name, sb := range bs {
 		sa, ok := as[name]
@@ -71,7 +75,7 @@ func Plan(a, b *config.Config) []string {
 		}
 	}
 	slices.Sort(out)
-	if why := needsRestart(a, b); why != "" {
+	if why := needsRestart(a, b, needsTLS(a)); why != "" {
 		out = append(out, "! needs a restart: "+why)
 	}
 	return out
@@ -123,4 +127,55 @@ func withoutName(u *config.Upstream) config.Upstream {
 	c := *u
 	c.Name = ""
 	return c
+}
+
+var boolPtrType = reflect.TypeFor[*bool]()
+
+// globalChanges lists the YAML keys (prefixed with prefix and a dot) of the
+// fields of structs a and b (of one type) that differ, recursing into
+// nested structs and into pointers to structs that both are set. A pointer
+// set on one side only is one change; an unset *bool counts as true, its
+// default.
+func globalChanges(a, b reflect.Value, prefix string) []string {
+	var out []string
+	t := a.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if !f.IsExported() || name == "" || name == "-" {
+			continue
+		}
+		key := prefix + "." + name
+		fa, fb := a.Field(i), b.Field(i)
+		switch {
+		case f.Type == boolPtrType:
+			if isOn(fa.Interface().(*bool)) != isOn(fb.Interface().(*bool)) {
+				out = append(out, key)
+			}
+		case f.Type.Kind() == reflect.Struct && hasYAMLFields(f.Type):
+			out = append(out, globalChanges(fa, fb, key)...)
+		case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct && hasYAMLFields(f.Type.Elem()):
+			switch {
+			case fa.IsNil() && fb.IsNil():
+			case fa.IsNil() != fb.IsNil():
+				out = append(out, key)
+			default:
+				out = append(out, globalChanges(fa.Elem(), fb.Elem(), key)...)
+			}
+		case !reflect.DeepEqual(fa.Interface(), fb.Interface()):
+			out = append(out, key)
+		}
+	}
+	return out
+}
+
+// hasYAMLFields reports whether struct type t has fields with YAML keys (a
+// config section rather than a value such as netip.Prefix).
+func hasYAMLFields(t reflect.Type) bool {
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); name != "" && name != "-" {
+			return true
+		}
+	}
+	return false
 }
