@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,18 +52,7 @@ sites:
 // current runtime, a reload swaps it, and cancelling the context stops Serve.
 func TestServeReloadShutdown(t *testing.T) {
 	t.Parallel()
-	cfg := mustParse(t, strings.Replace(respondDoc, "%s", "one", 1))
-	cfg.Global.HTTPPort = 0 // let the kernel pick; Parse rejects 0 from files
-	srv, err := New(cfg, quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	srv, stop := serving(t, mustParse(t, strings.Replace(respondDoc, "%s", "one", 1)), quiet())
 	url := "http://" + srv.Addr().String() + "/"
 
 	if got := get(t, url); got != "one" {
@@ -94,14 +84,8 @@ func TestServeReloadShutdown(t *testing.T) {
 		t.Fatalf("after failed reload: body %q, want two", got)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("Serve: %v", err)
 	}
 	if _, err := http.Get(url); err == nil {
 		t.Fatal("listener still accepts after shutdown")
@@ -180,4 +164,38 @@ func TestHTTPSAuthority(t *testing.T) {
 			t.Errorf("httpsAuthority(%q, %d) = %q, want %q", tt.host, tt.port, got, tt.want)
 		}
 	}
+}
+
+// serving starts a Server for cfg on a kernel-picked HTTP port and serves
+// it in the background. stop cancels Serve and returns its error (failing
+// the test if it does not return within 10 s); it also runs at cleanup, so
+// calling it is optional and safe twice.
+func serving(t *testing.T, cfg *config.Config, log *slog.Logger) (srv *Server, stop func() error) {
+	t.Helper()
+	cfg.Global.HTTPPort = 0 // Parse rejects 0 from files
+	srv, err := New(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	var once sync.Once
+	var serveErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case serveErr = <-done:
+			case <-time.After(10 * time.Second):
+				serveErr = errors.New("Serve did not return after cancel")
+			}
+		})
+		return serveErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return srv, stop
 }

@@ -11,8 +11,14 @@ import (
 	"github.com/coder/websocket"
 )
 
+// echoServer is a WebSocket echo backend; a non-empty name prefixes each
+// echo with "name:" so tests can tell backends apart.
 func echoServer(t *testing.T, name string) *httptest.Server {
 	t.Helper()
+	prefix := ""
+	if name != "" {
+		prefix = name + ":"
+	}
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
@@ -24,7 +30,7 @@ func echoServer(t *testing.T, name string) *httptest.Server {
 			if err != nil {
 				return
 			}
-			if c.Write(context.Background(), typ, append([]byte(name+":"), msg...)) != nil {
+			if c.Write(context.Background(), typ, append([]byte(prefix), msg...)) != nil {
 				return
 			}
 		}
@@ -53,19 +59,7 @@ sites:
       - {path: /change, upstream: [%s]}
 %s`, a.URL, change, gone)
 	}
-	cfg := mustParse(t, doc(a.URL, "      - {path: /gone, upstream: ["+a.URL+"]}\n"))
-	cfg.Global.HTTPPort = 0
-	srv, err := New(cfg, quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	srv, _ := serving(t, mustParse(t, doc(a.URL, "      - {path: /gone, upstream: ["+a.URL+"]}\n")), quiet())
 
 	dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer dcancel()

@@ -67,19 +67,7 @@ sites:
 global: {listen: 127.0.0.1, http_port: 1, admin: "off", reload_grace: 300ms}
 sites: [{hosts: ["*"], tls: off, routes: [{path: /, respond: {}}]}]
 `
-	cfg := mustParse(t, with)
-	cfg.Global.HTTPPort = 0
-	srv, err := New(cfg, quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	srv, _ := serving(t, mustParse(t, with), quiet())
 	reload := func(doc string) {
 		c := mustParse(t, doc)
 		c.Global.HTTPPort = 0

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -39,23 +38,7 @@ func (s *syncBuf) String() string {
 // shutdown closes the tunnel and says how many it closed.
 func TestWebSocketReloadAndShutdown(t *testing.T) {
 	t.Parallel()
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
-		for {
-			typ, msg, err := c.Read(context.Background())
-			if err != nil {
-				return
-			}
-			if c.Write(context.Background(), typ, msg) != nil {
-				return
-			}
-		}
-	}))
-	t.Cleanup(backend.Close)
+	backend := echoServer(t, "")
 	doc := fmt.Sprintf(`
 global: {listen: 127.0.0.1, http_port: 1, admin: "off"}
 sites:
@@ -66,19 +49,8 @@ sites:
         upstream: [%s]
         websocket: {max_tunnels: 1, idle_timeout: %%s}
 `, backend.URL)
-	cfg := mustParse(t, fmt.Sprintf(doc, "1m"))
-	cfg.Global.HTTPPort = 0
 	logs := &syncBuf{}
-	srv, err := New(cfg, slog.New(slog.NewJSONHandler(logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	srv, stop := serving(t, mustParse(t, fmt.Sprintf(doc, "1m")), slog.New(slog.NewJSONHandler(logs, nil)))
 	url := "ws://" + srv.Addr().String() + "/ws"
 
 	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -112,14 +84,8 @@ sites:
 		t.Errorf("registry counts %d tunnels, want 1", n)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("Serve: %v", err)
 	}
 	if _, _, err := c.Read(dctx); err == nil {
 		t.Error("tunnel survived shutdown")
