@@ -29,30 +29,31 @@ type adminGateway struct {
 // adminLine is the admin: line the harness writes from GatewayConfig.Global.
 var adminLine = regexp.MustCompile(`(?m)^(\s*admin:\s*)\S+`)
 
-// startAdminGateway starts a gateway whose global block has extraGlobal plus
-// admin: 127.0.0.1:<free port>, and waits until the admin API answers
-// /healthz. Each start attempt of the harness (it retries when it lost a
-// port) gets a fresh admin port too.
-func startAdminGateway(t testing.TB, extraGlobal, body string) *adminGateway {
+// startAdminGatewayCfg starts a gateway for a full GatewayConfig (Env
+// included): cfg.Global gets an admin: line on a free loopback port (fresh
+// on each start attempt), extraArgs follow `run --config PATH`, and it waits
+// until the admin API answers /healthz. cfg.Args must be nil.
+func startAdminGatewayCfg(t testing.TB, cfg GatewayConfig, extraArgs ...string) *adminGateway {
 	t.Helper()
+	if cfg.Args != nil {
+		t.Fatal("startAdminGatewayCfg builds the command line itself; cfg.Args must be nil")
+	}
 	ag := &adminGateway{admin: newClient()}
 	t.Cleanup(ag.admin.CloseIdleConnections)
-	ag.Gateway = startGateway(t, GatewayConfig{
-		Global: "admin: 127.0.0.1:1\n" + extraGlobal, // port replaced per attempt below
-		Body:   body,
-		Args: func(path string) []string {
-			ag.AdminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-			data, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data = adminLine.ReplaceAll(data, []byte("${1}"+ag.AdminAddr))
-			if err := os.WriteFile(path, data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return []string{"run", "--config", path}
-		},
-	})
+	cfg.Global = "admin: 127.0.0.1:1\n" + cfg.Global // port replaced per attempt below
+	cfg.Args = func(path string) []string {
+		ag.AdminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = adminLine.ReplaceAll(data, []byte("${1}"+ag.AdminAddr))
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return append([]string{"run", "--config", path}, extraArgs...)
+	}
+	ag.Gateway = startGateway(t, cfg)
 	ag.AdminURL = "http://" + ag.AdminAddr
 	pollUntil(t, 10*time.Second, "admin API answering /healthz on "+ag.AdminAddr, func() (bool, string) {
 		req, _ := http.NewRequest(http.MethodGet, ag.AdminURL+"/healthz", nil)
@@ -64,6 +65,15 @@ func startAdminGateway(t testing.TB, extraGlobal, body string) *adminGateway {
 		return resp.StatusCode == http.StatusOK, resp.Status
 	})
 	return ag
+}
+
+// startAdminGateway starts a gateway whose global block has extraGlobal plus
+// admin: 127.0.0.1:<free port>, and waits until the admin API answers
+// /healthz. Each start attempt of the harness (it retries when it lost a
+// port) gets a fresh admin port too.
+func startAdminGateway(t testing.TB, extraGlobal, body string) *adminGateway {
+	t.Helper()
+	return startAdminGatewayCfg(t, GatewayConfig{Global: extraGlobal, Body: body})
 }
 
 // Admin sends method path (with query) to the admin API.

@@ -32,44 +32,6 @@ import (
 
 // ---------------------------------------------------------------- helpers
 
-// startAdminGatewayCfg is startAdminGateway for a full GatewayConfig (Env
-// included): cfg.Global gets an admin: line on a free loopback port (fresh
-// on each start attempt), extraArgs follow `run --config PATH`, and it waits
-// until the admin API answers /healthz. cfg.Args must be nil.
-func startAdminGatewayCfg(t testing.TB, cfg GatewayConfig, extraArgs ...string) *adminGateway {
-	t.Helper()
-	if cfg.Args != nil {
-		t.Fatal("startAdminGatewayCfg builds the command line itself; cfg.Args must be nil")
-	}
-	ag := &adminGateway{admin: newClient()}
-	t.Cleanup(ag.admin.CloseIdleConnections)
-	cfg.Global = "admin: 127.0.0.1:1\n" + cfg.Global // port replaced per attempt below
-	cfg.Args = func(path string) []string {
-		ag.AdminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data = adminLine.ReplaceAll(data, []byte("${1}"+ag.AdminAddr))
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return append([]string{"run", "--config", path}, extraArgs...)
-	}
-	ag.Gateway = startGateway(t, cfg)
-	ag.AdminURL = "http://" + ag.AdminAddr
-	pollUntil(t, 10*time.Second, "admin API answering /healthz on "+ag.AdminAddr, func() (bool, string) {
-		req, _ := http.NewRequest(http.MethodGet, ag.AdminURL+"/healthz", nil)
-		resp, err := ag.admin.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
-	return ag
-}
-
 // configGlobal returns the global: block (the first line and every
 // indented or blank line after it) of the config file at path, as the
 // harness wrote it: ports, data_dir and admin address included.
