@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -78,12 +77,7 @@ func adminGuard(next http.Handler, settings func() (addr string, public bool)) h
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-		ok := public || strings.EqualFold(host, "localhost") || strings.EqualFold(host, adminHost)
-		if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
-			ok = true
-		}
-		if !ok {
+		if !public && !config.IsLoopbackHost(host) && !strings.EqualFold(host, adminHost) {
 			writeJSON(w, http.StatusForbidden, map[string]string{"error": "the admin API answers only requests for a loopback host"})
 			return
 		}

@@ -50,6 +50,7 @@ func TestAdminAPI(t *testing.T) {
 	}{
 		{"healthz", "GET", "http://127.0.0.1:2019/healthz", nil, 200, "ok\n"},
 		{"localhost host", "GET", "http://localhost:2019/healthz", nil, 200, "ok\n"},
+		{"IPv6 loopback host", "GET", "http://[::1]:2019/healthz", nil, 200, "ok\n"},
 		{"rebinding host", "GET", "http://evil.example:2019/upstreams", nil, 403, "loopback host"},
 		{"cross-site purge", "POST", "http://127.0.0.1:2019/cache/purge?prefix=http://cached.example/", map[string]string{"Sec-Fetch-Site": "cross-site"}, 403, ""},
 		{"foreign origin purge", "POST", "http://127.0.0.1:2019/cache/purge?prefix=http://cached.example/", map[string]string{"Origin": "http://evil.example"}, 403, ""},

@@ -73,7 +73,7 @@ var ErrUnsupported = errors.New("unsupported configuration")
 // It starts no goroutines (health checkers start with Start), so it can be
 // used to check a config.
 func NewRuntime(cfg *config.Config, log *slog.Logger) (*Runtime, error) {
-	return newRuntime(cfg, log, shared{tunnels: websocket.NewRegistry()}, nil)
+	return newRuntime(cfg, log, shared{}, nil)
 }
 
 // newRuntime is NewRuntime with the Registry in which every proxied route

@@ -625,9 +625,13 @@ func (d *decoder) validateFiles(cfg *Config) {
 // ("localhost" counts).
 func loopbackHostPort(hp string) bool {
 	host, _, err := net.SplitHostPort(hp)
-	if err != nil {
-		return false
-	}
+	return err == nil && IsLoopbackHost(host)
+}
+
+// IsLoopbackHost reports whether host (no port; IPv6 with or without
+// brackets) is "localhost" or a loopback address.
+func IsLoopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
