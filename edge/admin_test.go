@@ -90,3 +90,30 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("/cache = %s", w.Body.String())
 	}
 }
+
+// TestAdminReloadAndPlanBadInput: a server with nothing to reload answers
+// 409; a plan of a broken file is 422 with positions; an oversized plan
+// body is 413.
+func TestAdminReloadAndPlanBadInput(t *testing.T) {
+	t.Parallel()
+	srv, err := New(mustParse(t, adminDoc), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Runtime().Close(); srv.closeCache() })
+	admin := srv.adminHandler()
+	post := func(path, body string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		admin.ServeHTTP(w, httptest.NewRequest("POST", "http://127.0.0.1:2019"+path, strings.NewReader(body)))
+		return w
+	}
+	if w := post("/reload", ""); w.Code != 409 || !strings.Contains(w.Body.String(), "nothing to reload") {
+		t.Errorf("/reload without a source: %d %s", w.Code, w.Body.String())
+	}
+	if w := post("/plan?name=new.yaml", "global: {http_prot: 1}\n"); w.Code != 422 || !strings.Contains(w.Body.String(), "new.yaml:1:10: unknown key") {
+		t.Errorf("/plan of a broken file: %d %s", w.Code, w.Body.String())
+	}
+	if w := post("/plan", strings.Repeat("#", maxPlanBody+1)); w.Code != 413 {
+		t.Errorf("/plan of an oversized body: %d", w.Code)
+	}
+}
