@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"slices"
 	"strings"
@@ -28,6 +29,7 @@ import (
 //	GET  /config                       the running config, secrets redacted (JSON)
 //	POST /plan                         body: a config file; what a reload of it would change
 //	GET  /metrics                      Prometheus metrics
+//	GET  /debug/pprof/...              Go runtime profiles (net/http/pprof), as Caddy's admin API has
 //
 // Purge URLs are absolute: scheme, host as the client sent it (lower-cased)
 // and the request target as received, e.g. https://example.com/a?b=1.
@@ -56,6 +58,13 @@ func (s *Server) adminHandler() http.Handler {
 	if s.metricsHandler != nil {
 		mux.Handle("GET /metrics", s.metricsHandler)
 	}
+	// Profiles for performance work (bench/README.md): CPU profiles cost
+	// the server while they run, so they are behind the same guard.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return adminGuard(mux, func() (string, bool) {
 		g := s.rt.Load().Config.Global // admin_public may change on reload
 		return g.Admin, g.AdminPublic
