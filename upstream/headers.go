@@ -79,15 +79,22 @@ func setForwardingHeaders(out, in *http.Request, t *TrustedProxies) {
 	h := out.Header
 	peer := parseHostPort(in.RemoteAddr)
 	trusted := peer.IsValid() && t.Contains(peer)
+	// One backing array for the five values (this runs for every proxied
+	// request): each header gets a one-element, full-capacity slice of it,
+	// so an append by a later stage copies instead of overwriting a neighbour.
+	vals := new([5]string)
+	set := func(i int, key, v string) { vals[i] = v; h[key] = vals[i : i+1 : i+1] }
 
+	var peerStr string
 	if !peer.IsValid() {
 		delete(h, "X-Forwarded-For")
 	} else {
-		chain := peer.String()
+		peerStr = peer.String()
+		chain := peerStr
 		if prior := in.Header["X-Forwarded-For"]; trusted && len(prior) > 0 {
 			chain = strings.Join(prior, ", ") + ", " + chain
 		}
-		h["X-Forwarded-For"] = []string{chain}
+		set(0, "X-Forwarded-For", chain)
 	}
 
 	proto := "http"
@@ -103,15 +110,19 @@ func setForwardingHeaders(out, in *http.Request, t *TrustedProxies) {
 			host = v
 		}
 	}
-	h["X-Forwarded-Proto"] = []string{proto}
+	set(1, "X-Forwarded-Proto", proto)
 	if host != "" {
-		h["X-Forwarded-Host"] = []string{host}
+		set(2, "X-Forwarded-Host", host)
 	} else {
 		delete(h, "X-Forwarded-Host")
 	}
 
 	if ip := t.clientIP(in, peer); ip.IsValid() {
-		h["X-Real-Ip"] = []string{ip.String()}
+		s := peerStr
+		if ip != peer {
+			s = ip.String()
+		}
+		set(3, "X-Real-Ip", s)
 	} else {
 		delete(h, "X-Real-Ip")
 	}
@@ -120,7 +131,7 @@ func setForwardingHeaders(out, in *http.Request, t *TrustedProxies) {
 	if prior := h["Via"]; len(prior) > 0 {
 		via = strings.Join(prior, ", ") + ", " + via
 	}
-	h["Via"] = []string{via}
+	set(4, "Via", via)
 }
 
 // viaEntry is our Via entry for a request received with the given version.

@@ -67,7 +67,7 @@ type Pool struct {
 	// (tests replace it before use).
 	clock func() int64
 
-	transports []*http.Transport // for Close
+	transports []interface{ CloseIdleConnections() } // for Close
 	closed     atomic.Bool
 
 	mu      sync.Mutex    // guards the checker's lifecycle below
@@ -166,9 +166,13 @@ func NewPool(u *config.Upstream, opts ...PoolOptions) (*Pool, error) {
 	}
 
 	var h1, h2c *http.Transport
+	var fast *fastH1 // plain-HTTP backends: h1 with an in-goroutine fast path
 	if needH1 {
 		h1 = newTransport(u.Timeouts, tlsCfg, false)
-		p.transports = append(p.transports, h1)
+		fast = newFastH1(h1, h1.DialContext,
+			durationOr(u.Timeouts.ResponseHeader, defaultResponseHeaderTimeout),
+			durationOr(u.Timeouts.Idle, defaultIdleTimeout), maxIdleConnsPerHost)
+		p.transports = append(p.transports, fast) // closes h1's idle connections too
 	}
 	if needH2C {
 		h2c = newTransport(u.Timeouts, nil, true)
@@ -193,6 +197,9 @@ func NewPool(u *config.Upstream, opts ...PoolOptions) (*Pool, error) {
 			pool: p, idx: i, maxConns: int64(max(cb.MaxConns, 0)),
 		}
 		b.id, b.hash = stableID(&u)
+		if u.Scheme == "http" {
+			b.rt = fast
+		}
 		if u.Scheme == "h2c" {
 			b.scheme, b.rt, b.upgradeRT = "http", h2c, h2cUpgrade
 		}

@@ -70,6 +70,9 @@ func AccessLog(log *slog.Logger, clientIP func(*http.Request) string, obs Observ
 				if obs != nil {
 					obs.Done(r, info, status, time.Since(start))
 				}
+				if !log.Enabled(r.Context(), slog.LevelInfo) {
+					return // --log-level warn: no line, and none of its arguments built
+				}
 				log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 					slog.String("client_ip", clientIP(r)),
 					slog.String("method", method),
