@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -59,6 +61,7 @@ type h1Conn struct {
 	t      *fastH1
 	key    string
 	nc     net.Conn
+	lr     limitedConnReader // br's source: bounds the response header
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
@@ -92,6 +95,11 @@ func (t *fastH1) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.fallback.RoundTrip(req)
 	}
 	key := req.URL.Host
+	if req.URL.Port() == "" {
+		// A backend URL may leave out the port (http://backend): dial 80,
+		// as the standard Transport does.
+		key = net.JoinHostPort(req.URL.Hostname(), "80")
+	}
 	ctx := req.Context()
 	for {
 		pc, reused, err := t.getConn(ctx, key)
@@ -99,6 +107,13 @@ func (t *fastH1) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		res, sent, err := pc.roundTrip(ctx, req)
+		if err == nil && reused && res.StatusCode == http.StatusRequestTimeout {
+			// Some servers send 408 on a keep-alive connection they are
+			// closing for idleness; the standard Transport discards it
+			// too. This request never reached them: send it again.
+			_ = res.Body.Close()
+			continue
+		}
 		if err == nil {
 			return res, nil
 		}
@@ -109,8 +124,10 @@ func (t *fastH1) RoundTrip(req *http.Request) (*http.Response, error) {
 		// A reused connection that produced no byte of a response was
 		// closed by the backend while idle (or during our write): the
 		// request is idempotent and bodiless, so send it again. A fresh
-		// connection's failure is the backend's answer.
-		if reused && !sent.responseByte {
+		// connection's failure is the backend's answer, and so is a
+		// header timeout: the backend has the request and is slow, and
+		// sending it again would only multiply the wait.
+		if reused && !sent.responseByte && err != errHeaderTimeout {
 			continue
 		}
 		return nil, err
@@ -134,37 +151,54 @@ func (t *fastH1) CloseIdleConnections() {
 }
 
 // getConn returns the most recently used idle connection to key that has
-// not been idle too long, or dials a new one.
+// not been idle too long, or dials a new one. Idle connections past the
+// idle timeout (the oldest, at the front) are closed on the way, also when
+// a newer one is still fresh.
 func (t *fastH1) getConn(ctx context.Context, key string) (*h1Conn, bool, error) {
 	now := t.now()
 	t.mu.Lock()
 	conns := t.idle[key]
+	var stale []*h1Conn
+	if t.idleTimeout > 0 {
+		i := 0
+		for i < len(conns) && now.Sub(conns[i].idleAt) > t.idleTimeout {
+			i++
+		}
+		if i > 0 {
+			stale = slices.Clone(conns[:i])
+			clear(conns[:i])
+			conns = conns[i:]
+		}
+	}
+	var pc *h1Conn
 	if n := len(conns); n > 0 {
-		pc := conns[n-1]
-		if t.idleTimeout <= 0 || now.Sub(pc.idleAt) <= t.idleTimeout {
-			conns[n-1] = nil
-			t.idle[key] = conns[:n-1]
-			t.mu.Unlock()
-			return pc, true, nil
-		}
-		// The newest is too old, so is every other one (oldest first).
+		pc = conns[n-1]
+		conns[n-1] = nil
+		conns = conns[:n-1]
+	}
+	if len(conns) == 0 {
 		delete(t.idle, key)
-		t.mu.Unlock()
-		for _, s := range conns {
-			_ = s.nc.Close()
-		}
 	} else {
-		t.mu.Unlock()
+		t.idle[key] = conns
+	}
+	t.mu.Unlock()
+	for _, s := range stale {
+		_ = s.nc.Close()
+	}
+	if pc != nil {
+		return pc, true, nil
 	}
 	nc, err := t.dial(ctx, "tcp", key)
 	if err != nil {
 		return nil, false, err
 	}
-	return &h1Conn{
+	pc = &h1Conn{
 		t: t, key: key, nc: nc,
-		br: bufio.NewReaderSize(nc, 4<<10),
+		lr: limitedConnReader{nc: nc, n: -1},
 		bw: bufio.NewWriterSize(nc, 4<<10),
-	}, false, nil
+	}
+	pc.br = bufio.NewReaderSize(&pc.lr, 4<<10)
+	return pc, false, nil
 }
 
 // putConn returns pc to the idle pool, or closes it when the pool is full
@@ -189,6 +223,39 @@ type sendState struct{ responseByte bool }
 // aLongTimeAgo is a deadline that has passed: setting it makes blocked
 // reads and writes return at once.
 var aLongTimeAgo = time.Unix(1, 0)
+
+// Bounds on what a backend may send before the final response header.
+const (
+	maxResponseHeader = 1 << 20 // bytes, 1xx included
+	max1xxResponses   = 5
+)
+
+var (
+	errHeaderTooLarge = errors.New("upstream: response header too large")
+	errTooMany1xx     = errors.New("upstream: too many 1xx informational responses")
+)
+
+// limitedConnReader reads from nc; while n >= 0 it hands out at most n
+// more bytes, then fails with errHeaderTooLarge (n < 0: no limit).
+type limitedConnReader struct {
+	nc net.Conn
+	n  int64
+}
+
+func (l *limitedConnReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.nc.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.nc.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
 
 // errHeaderTimeout is the response header timeout (a net.Error whose
 // Timeout is true, so the proxy answers 504 and retries apply as for the
@@ -219,11 +286,20 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respo
 	}
 	timeout := pc.t.responseHeader
 	if timeout > 0 {
-		_ = pc.nc.SetReadDeadline(pc.t.now().Add(timeout))
+		// Real time: t.now is the pool's clock, not the network's.
+		pc.setReadDeadline(ctx, time.Now().Add(timeout))
 	}
 	trace := httptrace.ContextClientTrace(ctx)
 	var res *http.Response
-	for {
+	// The header (and any 1xx before it) may take at most maxResponseHeader
+	// bytes from the connection, as the standard Transport's
+	// MaxResponseHeaderBytes; a backend cannot make us buffer without end.
+	pc.lr.n = maxResponseHeader
+	for n1xx := 0; ; n1xx++ {
+		if n1xx > max1xxResponses {
+			stop()
+			return nil, st, errTooMany1xx
+		}
 		if _, err := pc.br.Peek(1); err != nil {
 			stop()
 			return nil, st, pc.readErr(err, timeout)
@@ -252,8 +328,9 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respo
 			}
 		}
 	}
+	pc.lr.n = -1
 	if timeout > 0 {
-		_ = pc.nc.SetReadDeadline(time.Time{})
+		pc.setReadDeadline(ctx, time.Time{})
 	}
 	body := &h1Body{pc: pc, rc: res.Body, stop: stop, reuse: !res.Close}
 	if res.Body == http.NoBody {
@@ -262,6 +339,17 @@ func (pc *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respo
 	}
 	res.Body = body
 	return res, st, nil
+}
+
+// setReadDeadline sets the read deadline without undoing a cancellation:
+// the AfterFunc sets its past deadline only after ctx is done, so if it
+// ran before this SetReadDeadline, ctx.Err is already visible here and the
+// past deadline is put back.
+func (pc *h1Conn) setReadDeadline(ctx context.Context, d time.Time) {
+	_ = pc.nc.SetReadDeadline(d)
+	if ctx.Err() != nil {
+		_ = pc.nc.SetDeadline(aLongTimeAgo)
+	}
 }
 
 // readErr turns a read failure while waiting for the response header into
@@ -287,11 +375,11 @@ type h1Body struct {
 	rc    io.ReadCloser
 	stop  func() bool
 	reuse bool
-	done  bool
+	done  atomic.Bool // a Close may race a Read (a proxy tearing down)
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
-	if b.done {
+	if b.done.Load() {
 		return 0, io.EOF
 	}
 	n, err := b.rc.Read(p)
@@ -304,16 +392,16 @@ func (b *h1Body) Read(p []byte) (int, error) {
 }
 
 func (b *h1Body) Close() error {
-	if !b.done {
-		b.finish(false)
-	}
+	b.finish(false)
 	return nil
 }
 
 // finish releases the connection once: back to the pool after a complete
 // body, closed otherwise.
 func (b *h1Body) finish(complete bool) {
-	b.done = true
+	if !b.done.CompareAndSwap(false, true) {
+		return
+	}
 	// stop reports false when the cancellation already fired (or is
 	// firing): the connection's deadline is spoiled, do not reuse it.
 	clean := b.stop() && complete && b.reuse && b.pc.br.Buffered() == 0
